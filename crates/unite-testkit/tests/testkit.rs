@@ -36,8 +36,14 @@ async fn pass_forwards_to_the_real_redis() {
     let (redis, proxy) = redis_proxy().await;
     let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
     let key = redis.key("k");
-    assert_eq!(redis_cmd(&mut s, &format!("SET {key} v1")).await.unwrap(), "+OK\r\n");
-    assert_eq!(redis_cmd(&mut s, &format!("GET {key}")).await.unwrap(), "$2\r\nv1\r\n");
+    assert_eq!(
+        redis_cmd(&mut s, &format!("SET {key} v1")).await.unwrap(),
+        "+OK\r\n"
+    );
+    assert_eq!(
+        redis_cmd(&mut s, &format!("GET {key}")).await.unwrap(),
+        "$2\r\nv1\r\n"
+    );
     assert_eq!(proxy.connections_accepted(), 1);
     assert_eq!(proxy.mode(), Mode::Pass);
 }
@@ -51,7 +57,11 @@ async fn delay_holds_each_round_trip_at_least_the_delay() {
     let start = Instant::now();
     assert_eq!(redis_cmd(&mut s, "PING").await.unwrap(), "+PONG\r\n");
     // A lower bound, not a speed goal: the proxy must not hand the bytes on sooner.
-    assert!(start.elapsed() >= Duration::from_millis(50), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_millis(50),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -68,9 +78,15 @@ async fn blackhole_never_answers_until_it_passes_again() {
     // Healing delivers what was held: both connections get their answer.
     proxy.set_mode(Mode::Pass);
     let mut buf = vec![0u8; 64];
-    let n = timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+    let n = timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("+PONG"));
-    let n = timeout(Duration::from_secs(5), held.read(&mut buf)).await.unwrap().unwrap();
+    let n = timeout(Duration::from_secs(5), held.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("+PONG"));
 }
 
@@ -109,7 +125,10 @@ async fn refuse_closes_the_port_and_pass_reopens_it() {
     }
     assert!(refused, "new connections must be refused");
     let r = timeout(Duration::from_secs(5), redis_cmd(&mut open, "PING")).await;
-    assert!(matches!(r, Ok(Err(_))), "open connections are closed, got {r:?}");
+    assert!(
+        matches!(r, Ok(Err(_))),
+        "open connections are closed, got {r:?}"
+    );
     proxy.set_mode(Mode::Pass);
     let mut back = None;
     for _ in 0..100 {
@@ -137,11 +156,19 @@ async fn postgres_through_every_mode() {
     let client = connect(url.clone()).await.unwrap();
     let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
-    let path: String = client.query_one("SHOW search_path", &[]).await.unwrap().get(0);
+    let path: String = client
+        .query_one("SHOW search_path", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(path, pg.schema(), "the test URL pins the test's schema");
 
     proxy.set_mode(Mode::Blackhole);
-    let r = timeout(Duration::from_millis(300), client.query_one("SELECT 1", &[])).await;
+    let r = timeout(
+        Duration::from_millis(300),
+        client.query_one("SELECT 1", &[]),
+    )
+    .await;
     assert!(r.is_err(), "a blackholed query must time out");
     let r = timeout(Duration::from_millis(300), connect(url.clone())).await;
     assert!(r.is_err(), "a blackholed connect must time out");
@@ -150,7 +177,10 @@ async fn postgres_through_every_mode() {
     let r = timeout(Duration::from_secs(5), client.query_one("SELECT 1", &[])).await;
     assert!(matches!(r, Ok(Err(_))), "reset fails the open connection");
     let r = timeout(Duration::from_secs(5), connect(url.clone())).await;
-    assert!(matches!(r, Ok(Err(_))), "reset fails new connections at once");
+    assert!(
+        matches!(r, Ok(Err(_))),
+        "reset fails new connections at once"
+    );
 
     proxy.set_mode(Mode::Refuse);
     tokio::task::yield_now().await;
@@ -174,11 +204,17 @@ async fn postgres_through_every_mode() {
 async fn a_missing_postgres_fails_with_the_url_and_the_fix() {
     let port = free_port().unwrap();
     let url = format!("postgres://app:hunter2@127.0.0.1:{port}/postgres");
-    let err = TestPostgres::connect_to(&url).await.unwrap_err().to_string();
+    let err = TestPostgres::connect_to(&url)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(err.contains("scripts/services.sh up"), "{err}");
     assert!(err.contains("DATABASE_URL"), "{err}");
-    assert!(!err.contains("hunter2"), "the password must not show: {err}");
+    assert!(
+        !err.contains("hunter2"),
+        "the password must not show: {err}"
+    );
 }
 
 #[tokio::test]
@@ -189,7 +225,10 @@ async fn a_silent_postgres_fails_within_the_connect_timeout_not_a_hang() {
     let url = proxy.proxied_url(pg.base_url());
     // The testkit's own bound (5 s) must fire well before this outer one.
     let r = timeout(Duration::from_secs(20), TestPostgres::connect_to(&url)).await;
-    let err = r.expect("connect_to must give up by itself").unwrap_err().to_string();
+    let err = r
+        .expect("connect_to must give up by itself")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("did not answer"), "{err}");
     assert!(err.contains("scripts/services.sh up"), "{err}");
 }
@@ -211,7 +250,11 @@ async fn test_redis_deletes_its_keys_on_drop() {
     let redis = TestRedis::new().await;
     let other = redis.new_client().await;
     let key = redis.key("left-behind");
-    let _: () = redis.client().set(&key, "x", None, None, false).await.unwrap();
+    let _: () = redis
+        .client()
+        .set(&key, "x", None, None, false)
+        .await
+        .unwrap();
     assert!(redis.prefix().starts_with("unite-test:"));
     drop(redis);
     let n: i64 = other.exists(&key).await.unwrap();
@@ -221,11 +264,17 @@ async fn test_redis_deletes_its_keys_on_drop() {
 #[tokio::test]
 async fn test_postgres_drops_its_schema_on_drop() {
     let pg = TestPostgres::new().await;
-    pg.client().await.batch_execute("CREATE TABLE t (id int)").await.unwrap();
+    pg.client()
+        .await
+        .batch_execute("CREATE TABLE t (id int)")
+        .await
+        .unwrap();
     let schema = pg.schema().to_owned();
     let base = pg.base_url().to_owned();
     drop(pg);
-    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let n: i64 = client
         .query_one(
@@ -267,7 +316,9 @@ async fn tls_only_redis_does_not_speak_plaintext() {
 #[tokio::test]
 async fn postgres_server_of_its_own_plain_and_tls_only() {
     let plain = PostgresServer::start().unwrap();
-    let (client, conn) = tokio_postgres::connect(&plain.url(), tokio_postgres::NoTls).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&plain.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let port: String = client.query_one("SHOW port", &[]).await.unwrap().get(0);
     assert_eq!(port, plain.port().to_string());
@@ -279,5 +330,8 @@ async fn postgres_server_of_its_own_plain_and_tls_only() {
         .err()
         .expect("plaintext to a TLS-only Postgres must fail");
     let text = format!("{err:?}");
-    assert!(text.contains("no encryption") || text.contains("pg_hba"), "{text}");
+    assert!(
+        text.contains("no encryption") || text.contains("pg_hba"),
+        "{text}"
+    );
 }
