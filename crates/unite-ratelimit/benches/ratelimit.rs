@@ -1,0 +1,162 @@
+//! Local decision vs raw governor `check_key`; shared decision vs a raw fred `EVALSHA` of a
+//! trivial script. Each pair runs side by side in one run.
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use fred::prelude::*;
+use futures::FutureExt;
+use governor::middleware::StateInformationMiddleware;
+use governor::{DefaultKeyedRateLimiter, RateLimiter as Governor};
+use unite_ratelimit::{
+    EndpointClass, PenaltyConfig, Quota, RateLimiter, Subject, Tier, TierQuotas,
+};
+
+const KEYS: u32 = 1024;
+
+fn subjects() -> Vec<Subject> {
+    (0..KEYS)
+        .map(|i| Subject::Ip(IpAddr::V4(Ipv4Addr::from(0xC000_0200 + i))))
+        .collect()
+}
+
+/// A quota no benchmark exhausts, so every decision is an allowed one.
+fn roomy() -> Quota {
+    let n = NonZeroU32::new(1_000_000).unwrap();
+    Quota::per_second(n)
+}
+
+fn local(c: &mut Criterion) {
+    let quota = roomy();
+    let subjects = subjects();
+    let mut group = c.benchmark_group("local");
+
+    let raw: DefaultKeyedRateLimiter<(EndpointClass, Subject), StateInformationMiddleware> =
+        Governor::keyed(governor::Quota::per_second(quota.limit()))
+            .with_middleware::<StateInformationMiddleware>();
+    let keys: Vec<(EndpointClass, Subject)> = subjects
+        .iter()
+        .map(|s| (EndpointClass::Default, s.clone()))
+        .collect();
+    let mut i = 0usize;
+    group.bench_function("governor_check_key", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            black_box(raw.check_key(&keys[i]).is_ok())
+        });
+    });
+
+    let limiter = RateLimiter::builder()
+        .tier(Tier::Public, TierQuotas::new(quota, quota))
+        .penalty(PenaltyConfig::default())
+        .build()
+        .unwrap();
+    let mut i = 0usize;
+    group.bench_function("unite_local_check", |b| {
+        b.iter(|| {
+            i = (i + 1) % subjects.len();
+            let d = limiter
+                .check(&subjects[i], Tier::Public, EndpointClass::Default)
+                .now_or_never();
+            black_box(d.is_some_and(|d| d.allowed))
+        });
+    });
+    group.finish();
+}
+
+fn shared(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let Ok(redis) = rt.block_on(unite_testkit::TestRedis::try_new()) else {
+        eprintln!("shared benchmarks skipped: Redis is not reachable (scripts/services.sh up)");
+        return;
+    };
+    let client = redis.client();
+    let sha: String = rt
+        .block_on(client.script_load::<String, _>("return 1"))
+        .unwrap();
+    let quota = roomy();
+    let subjects = subjects();
+    let mut group = c.benchmark_group("shared");
+    group.measurement_time(Duration::from_secs(3));
+
+    group.bench_function("fred_evalsha_return_1", |b| {
+        b.to_async(&rt).iter(|| async {
+            let v: i64 = client
+                .evalsha(sha.as_str(), Vec::<String>::new(), Vec::<String>::new())
+                .await
+                .unwrap();
+            black_box(v)
+        });
+    });
+
+    // The decision script itself through raw fred (same keys and arguments as a decision), to
+    // tell the script's own cost in Redis from the limiter's overhead around it.
+    let gcra_sha = fred::util::sha1_hash(unite_ratelimit::GCRA_SCRIPT);
+    let _: String = rt
+        .block_on(client.script_load::<String, _>(unite_ratelimit::GCRA_SCRIPT))
+        .unwrap();
+    let raw_keys: Vec<[String; 2]> = {
+        let gcra = unite_ratelimit::RedisGcra::new(
+            client.clone(),
+            format!("{}raw:", redis.prefix()),
+            Duration::from_secs(1),
+        );
+        subjects
+            .iter()
+            .map(|s| gcra.keys(s, EndpointClass::Default))
+            .collect()
+    };
+    let args: Vec<i64> = vec![1, 1_000_000, 1_000_000, 600_000_000, 60_000_000, 0, -1];
+    let mut i = 0usize;
+    group.bench_function("fred_evalsha_gcra_script", |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 1) % raw_keys.len();
+            let keys = raw_keys[i].to_vec();
+            let args = args.clone();
+            let client = &client;
+            let sha = gcra_sha.as_str();
+            async move {
+                let v: Vec<i64> = client.evalsha(sha, keys, args).await.unwrap();
+                black_box(v)
+            }
+        });
+    });
+
+    let limiter = rt.block_on(async {
+        RateLimiter::builder()
+            .redis(redis.client())
+            .key_prefix(redis.prefix())
+            .tier(Tier::Public, TierQuotas::new(quota, quota))
+            .command_timeout(Duration::from_secs(1))
+            .build()
+            .unwrap()
+    });
+    let mut i = 0usize;
+    group.bench_function("unite_shared_check", |b| {
+        b.to_async(&rt).iter(|| {
+            i = (i + 1) % subjects.len();
+            let subject = &subjects[i];
+            let limiter = &limiter;
+            async move {
+                let d = limiter
+                    .check(subject, Tier::Public, EndpointClass::Default)
+                    .await;
+                assert_eq!(d.source, unite_ratelimit::DecisionSource::Shared);
+                black_box(d.allowed)
+            }
+        });
+    });
+    group.finish();
+    drop(limiter);
+    drop(rt);
+    drop(redis);
+}
+
+criterion_group!(benches, local, shared);
+criterion_main!(benches);

@@ -1,0 +1,381 @@
+//! Against the real Redis: shared budgets, penalties, overrides, fallback.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use fred::types::config::ReconnectPolicy;
+use unite_ratelimit::{
+    DecisionSource, EndpointClass, ManualClock, Override, OverrideEntry, PenaltyConfig, Quota,
+    RateLimiter, RedisGcra, Subject, Tier, TierQuotas,
+};
+use unite_testkit::{FaultProxy, Mode, RedisServer, TestRedis};
+
+fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap()
+}
+
+/// A generous bound for anything that must come back; never a timing assertion.
+const OUTER: Duration = Duration::from_secs(20);
+
+fn free_tier(quota: Quota) -> TierQuotas {
+    TierQuotas::new(quota, quota)
+}
+
+async fn client_for(url: &str) -> Client {
+    let config = fred::prelude::Config::from_url(url).unwrap();
+    let client = Builder::from_config(config)
+        .with_connection_config(|c| c.connection_timeout = Duration::from_secs(2))
+        .set_policy(ReconnectPolicy::new_constant(0, 50))
+        .build()
+        .unwrap();
+    client.init().await.unwrap();
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_exactly_one_budget() {
+    let redis = TestRedis::new().await;
+    // 100 per hour: no refill during the test, so exactly 100 may pass.
+    let quota = Quota::per_hour(nz(100));
+    let build = |client: Client| {
+        RateLimiter::builder()
+            .redis(client)
+            .key_prefix(redis.prefix())
+            .tier(Tier::Free, free_tier(quota))
+            .penalty(PenaltyConfig::disabled())
+            .command_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    };
+    let a = build(redis.client());
+    let b = build(redis.new_client().await);
+    let subject = Subject::user("shared-budget");
+    let mut tasks = Vec::new();
+    for i in 0..150 {
+        let limiter = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let subject = subject.clone();
+        tasks.push(tokio::spawn(async move {
+            limiter
+                .check(&subject, Tier::Free, EndpointClass::Default)
+                .await
+        }));
+    }
+    let mut allowed = 0;
+    for t in tasks {
+        let d = tokio::time::timeout(OUTER, t).await.unwrap().unwrap();
+        assert_eq!(d.source, DecisionSource::Shared, "{d:?}");
+        allowed += usize::from(d.allowed);
+    }
+    assert_eq!(allowed, 100);
+    // Another user and the ai class are budgets of their own.
+    let other = a
+        .check(&Subject::user("other"), Tier::Free, EndpointClass::Default)
+        .await;
+    assert!(other.allowed);
+    let ai = b.check(&subject, Tier::Free, EndpointClass::Ai).await;
+    assert!(ai.allowed);
+}
+
+#[tokio::test]
+async fn penalties_grow_cap_and_decay_in_the_script() {
+    let redis = TestRedis::new().await;
+    let gcra = RedisGcra::new(redis.client(), redis.prefix(), Duration::from_secs(5));
+    let penalty = PenaltyConfig::new(Duration::from_secs(1), Duration::from_secs(8))
+        .with_decay_after(Duration::from_secs(100));
+    let quota = Quota::per_second(nz(1));
+    let s = Subject::Ip("192.0.2.10".parse().unwrap());
+    let mut now = Duration::from_secs(1_700_000_000);
+    let check = |at: Duration| {
+        gcra.check(
+            &s,
+            Tier::Public,
+            EndpointClass::Default,
+            quota,
+            "default",
+            &penalty,
+            Some(at),
+        )
+    };
+    let mut waits = Vec::new();
+    for strike in 1..=5 {
+        assert!(check(now).await.unwrap().allowed);
+        let d = check(now).await.unwrap();
+        assert!(!d.allowed && d.blocked, "{d:?}");
+        assert_eq!(d.strikes, strike);
+        let wait = d.retry_after.unwrap();
+        waits.push(wait.as_secs());
+        now += wait / 2;
+        let during = check(now).await.unwrap();
+        assert!(!during.allowed);
+        assert_eq!(
+            during.strikes, strike,
+            "refusals during a block do not add strikes"
+        );
+        assert_eq!(during.retry_after, Some(wait - wait / 2));
+        now += wait - wait / 2;
+    }
+    assert_eq!(waits, [1, 2, 4, 8, 8]);
+    // 250 quiet seconds forgive two strikes.
+    now += Duration::from_secs(250);
+    assert!(check(now).await.unwrap().allowed);
+    let d = check(now).await.unwrap();
+    assert_eq!(d.strikes, 4);
+    assert_eq!(d.retry_after, Some(Duration::from_secs(8)));
+    // A long quiet period forgives all of them.
+    now += Duration::from_secs(10_000);
+    let d = check(now).await.unwrap();
+    assert!(d.allowed);
+    assert_eq!(d.strikes, 0);
+
+    // Both keys share one hash tag.
+    let [gcra_key, pen_key] = gcra.keys(&s, EndpointClass::Default);
+    let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned();
+    assert_eq!(tag(&gcra_key), tag(&pen_key));
+    assert!(gcra_key.starts_with(redis.prefix()));
+}
+
+#[tokio::test]
+async fn penalties_with_the_server_clock_and_forgive() {
+    let redis = TestRedis::new().await;
+    let limiter = RateLimiter::builder()
+        .redis(redis.client())
+        .key_prefix(redis.prefix())
+        .tier(Tier::Public, free_tier(Quota::per_hour(nz(1))))
+        .command_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let s = Subject::Ip("192.0.2.11".parse().unwrap());
+    let check = || limiter.check(&s, Tier::Public, EndpointClass::Default);
+    assert!(check().await.allowed);
+    let first = check().await;
+    assert!(!first.allowed && first.blocked);
+    assert_eq!(first.strikes, 1);
+    assert_eq!(first.source, DecisionSource::Shared);
+    // The quota wants an hour; the block is shorter, so the hour is what the client is told.
+    assert!(first.retry_after.unwrap() > Duration::from_secs(3000));
+    // Within the 1 s block, refusals keep the streak at 1.
+    let during = check().await;
+    assert!(!during.allowed);
+    assert!(during.strikes <= 2);
+    limiter.forgive(&s).await.unwrap();
+    let after = check().await;
+    assert!(!after.allowed, "forgiving clears penalties, not the quota");
+    assert_eq!(after.strikes, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overrides_reach_the_other_instance_within_a_second() {
+    let redis = TestRedis::new().await;
+    let build = |client: Client| {
+        RateLimiter::builder()
+            .redis(client)
+            .key_prefix(redis.prefix())
+            .command_timeout(Duration::from_secs(5))
+            .override_refresh(Duration::from_millis(100))
+            .build()
+            .unwrap()
+    };
+    let a = build(redis.client());
+    let b = build(redis.new_client().await);
+    let vip = Subject::user("vip");
+    let abuser = Subject::Ip("198.51.100.66".parse().unwrap());
+
+    a.set_override(OverrideEntry::new(abuser.clone(), Override::Block).reason("abuse"))
+        .await
+        .unwrap();
+    a.set_override(OverrideEntry::new(
+        vip.clone(),
+        Override::quota(Quota::per_minute(nz(5000))),
+    ))
+    .await
+    .unwrap();
+    // The writer applies it at once.
+    let d = a.check(&abuser, Tier::Public, EndpointClass::Default).await;
+    assert!(!d.allowed && d.blocked);
+    assert_eq!((d.source, d.policy), (DecisionSource::Override, "blocked"));
+
+    // The other instance within a second (polling its cache, which counts nothing).
+    let started = Instant::now();
+    // `vip` was written last; one refresh reads the whole hash, so both arrive together.
+    while b.cached_override(&vip).is_none() && started.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = b.check(&abuser, Tier::Public, EndpointClass::Default).await;
+    assert!(!seen.allowed && seen.blocked, "{seen:?}");
+    assert_eq!(seen.source, DecisionSource::Override);
+    let d = b.check(&vip, Tier::Free, EndpointClass::Default).await;
+    assert_eq!((d.limit, d.policy), (5000, "override"));
+    // The ai class keeps the tier's quota.
+    let d = b.check(&vip, Tier::Free, EndpointClass::Ai).await;
+    assert_eq!((d.limit, d.policy), (10, "ai"));
+
+    let listed = b.list_overrides().await.unwrap();
+    let subjects: Vec<_> = listed.iter().map(|e| e.subject.to_string()).collect();
+    assert_eq!(subjects, ["ip:198.51.100.66", "user:vip"]);
+    assert_eq!(listed[0].reason.as_deref(), Some("abuse"));
+
+    // Clearing on b reaches a.
+    assert!(b.clear_override(&abuser).await.unwrap());
+    assert!(!b.clear_override(&abuser).await.unwrap());
+    let started = Instant::now();
+    while a.cached_override(&abuser).is_some() && started.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(a.cached_override(&abuser).is_none());
+    let d = a.check(&abuser, Tier::Public, EndpointClass::Default).await;
+    assert!(d.allowed);
+    assert_eq!(d.source, DecisionSource::Shared);
+
+    // An exempt subject is never counted; an expired override is listed no more.
+    a.set_override(OverrideEntry::new(abuser.clone(), Override::Exempt))
+        .await
+        .unwrap();
+    for _ in 0..30 {
+        let d = a.check(&abuser, Tier::Public, EndpointClass::Default).await;
+        assert!(d.allowed);
+        assert_eq!(d.policy, "exempt");
+    }
+    a.set_override(
+        OverrideEntry::new(Subject::user("temp"), Override::Block)
+            .expires_at(std::time::SystemTime::now() - Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+    let listed = a.list_overrides().await.unwrap();
+    assert!(listed.iter().all(|e| e.subject != Subject::user("temp")));
+    assert_eq!(listed.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackholed_redis_falls_back_locally_and_recovers() {
+    let redis = TestRedis::new().await;
+    let proxy = FaultProxy::start_for_url(redis.url()).await.unwrap();
+    let client = client_for(&proxy.proxied_url(redis.url())).await;
+    let clock = ManualClock::new();
+    let limiter = RateLimiter::builder()
+        .redis(client)
+        .key_prefix(redis.prefix())
+        .clock(Arc::new(clock.clone()))
+        .tier(Tier::Free, free_tier(Quota::per_hour(nz(10))))
+        .penalty(PenaltyConfig::disabled())
+        .expected_instances(nz(2))
+        .command_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let s = Subject::user("fallback");
+    let check = || async {
+        tokio::time::timeout(OUTER, limiter.check(&s, Tier::Free, EndpointClass::Default))
+            .await
+            .expect("a decision always comes back")
+    };
+    let d = check().await;
+    assert_eq!(d.source, DecisionSource::Shared);
+    assert!(d.allowed);
+
+    proxy.set_mode(Mode::Blackhole);
+    // Each instance enforces half of the quota on its own: 5 per hour.
+    let decisions: Vec<_> = {
+        let mut v = Vec::new();
+        for _ in 0..8 {
+            v.push(check().await);
+        }
+        v
+    };
+    assert!(
+        decisions
+            .iter()
+            .all(|d| d.source == DecisionSource::Fallback)
+    );
+    let allowed = decisions.iter().filter(|d| d.allowed).count();
+    assert_eq!(allowed, 5);
+    assert_eq!(decisions[0].limit, 5);
+    // The breaker opened: further decisions do not wait for Redis at all.
+    assert_eq!(
+        limiter.breaker().unwrap().state(),
+        unite_breaker::State::Open
+    );
+
+    proxy.set_mode(Mode::Pass);
+    // Past the breaker's wait, a trial call reaches Redis again.
+    clock.advance(Duration::from_secs(60));
+    let mut recovered = None;
+    for _ in 0..100 {
+        let d = check().await;
+        if d.source == DecisionSource::Shared {
+            recovered = Some(d);
+            break;
+        }
+        clock.advance(Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let d = recovered.expect("shared decisions resume after the proxy passes again");
+    assert!(d.allowed, "{d:?}");
+    // Two decisions reached Redis in the open; the calls that timed out in the blackhole were
+    // held by the proxy and delivered when it healed, so Redis may have counted them too (as
+    // a real partition would): never more than those.
+    let failures = limiter.breaker().unwrap().snapshot().failures;
+    assert!(failures >= 1);
+    let floor = 8u32.saturating_sub(u32::try_from(failures).unwrap());
+    assert!(
+        (floor..=8).contains(&d.remaining),
+        "{} not in {floor}..=8",
+        d.remaining
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_closed_refuses_while_redis_is_unreachable() {
+    let redis = TestRedis::new().await;
+    let proxy = FaultProxy::start_for_url(redis.url()).await.unwrap();
+    let client = client_for(&proxy.proxied_url(redis.url())).await;
+    let limiter = RateLimiter::builder()
+        .redis(client)
+        .key_prefix(redis.prefix())
+        .fail_closed(true)
+        .command_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let s = Subject::user("closed");
+    assert!(
+        limiter
+            .check(&s, Tier::Pro, EndpointClass::Default)
+            .await
+            .allowed
+    );
+    proxy.set_mode(Mode::Blackhole);
+    for _ in 0..3 {
+        let d = tokio::time::timeout(OUTER, limiter.check(&s, Tier::Pro, EndpointClass::Default))
+            .await
+            .expect("a decision always comes back");
+        assert!(!d.allowed);
+        assert_eq!(d.source, DecisionSource::Unavailable);
+        assert!(d.retry_after.unwrap() >= Duration::from_secs(1));
+    }
+}
+
+#[tokio::test]
+async fn the_script_is_reloaded_after_script_flush() {
+    let server = RedisServer::start().unwrap();
+    let client = client_for(&server.url()).await;
+    let limiter = RateLimiter::builder()
+        .redis(client.clone())
+        .command_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let s = Subject::user("noscript");
+    let d = limiter.check(&s, Tier::Free, EndpointClass::Default).await;
+    assert_eq!((d.source, d.remaining), (DecisionSource::Shared, 99));
+    let _: () = client.script_flush(false).await.unwrap();
+    let d = limiter.check(&s, Tier::Free, EndpointClass::Default).await;
+    assert_eq!((d.source, d.remaining), (DecisionSource::Shared, 98));
+    let exists: Vec<bool> = client
+        .script_exists(
+            unite_ratelimit::RedisGcra::new(client.clone(), "", Duration::from_secs(1))
+                .script_sha(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(exists, [true]);
+}
