@@ -1,0 +1,129 @@
+//! The router and its middleware, in the order requests meet them:
+//! correlation id → trace (request log and metrics) → error envelope → limits (body, time) →
+//! identify (session → rate-limit subject) → rate limit → auth (per route) → handler.
+//!
+//! Identification resolves a bearer token through the cache *before* the rate limiter, so a
+//! signed-in user is limited by their id and plan; it never refuses a request itself. Routes
+//! that need a user or the admin token refuse in their extractors (the auth step). Health and
+//! metrics routes skip identification and the rate limit: load balancers and scrapers poll them.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, MatchedPath, Request};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use unite_ratelimit::{EndpointClass, RateLimitLayer, TrustedProxies};
+use unite_telemetry::CorrelationLayer;
+
+use crate::error::{ApiError, error_envelope};
+use crate::routes::{admin, contacts, health, reports, sessions};
+use crate::state::AppState;
+
+/// The whole service as a router (testable with `oneshot`; serve it with connect info so the
+/// rate limiter sees the client address).
+pub fn app(state: AppState) -> Router {
+    let ops = Router::new()
+        .route("/api/health", get(health::health))
+        .route("/api/health/redis", get(health::redis))
+        .route("/api/health/hotkeys", get(health::hotkeys))
+        .route("/metrics", get(health::metrics));
+
+    let limit_layer = RateLimitLayer::new(state.limiter.clone())
+        .trusted_proxies(TrustedProxies::new(state.config.trusted_proxies.clone()))
+        .peer_addr_with(|ext| ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()))
+        .route_class("/api/reports", EndpointClass::Ai);
+    let api = Router::new()
+        .route("/api/sessions", post(sessions::sign_in))
+        .route("/api/sessions/validate", get(sessions::validate))
+        .route("/api/contacts", get(contacts::list).post(contacts::create))
+        .route(
+            "/api/contacts/{id}",
+            get(contacts::get)
+                .put(contacts::update)
+                .delete(contacts::delete),
+        )
+        .route("/api/reports/contacts", get(reports::contacts))
+        .route(
+            "/api/admin/ratelimit/overrides",
+            get(admin::list_overrides)
+                .put(admin::set_override)
+                .delete(admin::clear_override),
+        )
+        .route("/api/admin/cache/invalidate", post(admin::invalidate))
+        .route("/api/admin/warm", post(admin::warm))
+        .route("/api/admin/warm/status", get(admin::warm_status))
+        .fallback(|| async { ApiError::not_found("route") })
+        // `Router::layer` wraps what is already there: the last call is the outermost.
+        .layer(limit_layer)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            sessions::identify,
+        ));
+
+    // A route with no middleware at all, for the load script's side-by-side baseline.
+    let bare_route = Router::new().route("/bench/bare", get(bare));
+
+    with_common_layers(ops.merge(api), &state)
+        .with_state(state)
+        .merge(bare_route)
+}
+
+/// Correlation id → trace → error envelope → body and time limits, outermost first.
+fn with_common_layers(router: Router<AppState>, state: &AppState) -> Router<AppState> {
+    router
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            state.config.request_timeout,
+        ))
+        .layer(RequestBodyLimitLayer::new(state.config.max_body_bytes))
+        .layer(middleware::from_fn(error_envelope))
+        .layer(middleware::from_fn(trace))
+        .layer(CorrelationLayer::new())
+}
+
+async fn bare() -> &'static str {
+    "ok"
+}
+
+/// One log line and the HTTP metrics per request, inside the request's span.
+async fn trace(request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let elapsed = start.elapsed();
+    let status = response.status().as_u16();
+    record_http(&method, &route, status, elapsed);
+    let elapsed_ms = elapsed.as_secs_f64() * 1e3;
+    if status >= 500 {
+        tracing::warn!(%method, route, status, elapsed_ms, "request");
+    } else {
+        tracing::info!(%method, route, status, elapsed_ms, "request");
+    }
+    response
+}
+
+fn record_http(method: &http::Method, route: &str, status: u16, elapsed: Duration) {
+    use unite_telemetry::names;
+    let labels = [
+        ("method", method.as_str().to_owned()),
+        ("route", route.to_owned()),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!(names::HTTP_REQUESTS_TOTAL, &labels).increment(1);
+    metrics::histogram!(
+        names::HTTP_REQUEST_DURATION_SECONDS,
+        "method" => method.as_str().to_owned(),
+        "route" => route.to_owned()
+    )
+    .record(elapsed.as_secs_f64());
+}

@@ -1,0 +1,167 @@
+//! The shared state: one of each Unite component, built from [`Config`].
+
+use std::num::NonZeroU32;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use unite_cache::Cache;
+use unite_hotkey::HotKeyDetector;
+use unite_pool::{Pool, PoolConfig, TlsConfig, TlsMode};
+use unite_ratelimit::RateLimiter;
+use unite_telemetry::MetricsHandle;
+
+use crate::config::{Config, DbTls};
+
+/// Cheap to clone: every handler gets one.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+/// What the state holds.
+pub struct Inner {
+    /// The effective configuration.
+    pub config: Config,
+    /// Postgres.
+    pub pool: Pool,
+    /// The layered cache (L1 always; L2 when `REDIS_URL` is set).
+    pub cache: Cache,
+    /// Rate limits (shared through Redis when it is set).
+    pub limiter: RateLimiter,
+    /// Hot keys of the cache.
+    pub hotkeys: HotKeyDetector,
+    /// A Redis client of the service's own (limits, hot-key list, checks), when configured.
+    pub redis: Option<fred::clients::Client>,
+    /// Renders `/metrics`; `None` when no recorder was installed (tests).
+    pub metrics: Option<MetricsHandle>,
+    /// When the service started.
+    pub started: Instant,
+    /// The running or last warm-up.
+    pub warm: Mutex<crate::tools::WarmState>,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("config", &self.config)
+            .field("provider", &self.cache.provider())
+            .field("limiter", &self.limiter.mode())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Connects to Postgres (and Redis, when configured) and builds every component.
+    ///
+    /// Redis being down does not stop the service: the cache and the limiter start degraded
+    /// and recover when it answers. Postgres must answer at start (migrations run).
+    pub async fn build(config: Config, metrics: Option<MetricsHandle>) -> anyhow::Result<Self> {
+        let pool = Pool::connect(pool_config(&config)?)
+            .await
+            .context("connecting to Postgres (DATABASE_URL)")?;
+
+        let hotkeys = HotKeyDetector::builder()
+            .build()
+            .context("building the hot-key detector")?;
+
+        let redis = match &config.redis_url {
+            Some(url) => Some(redis_client(url, &config).await?),
+            None => None,
+        };
+
+        let mut cache = Cache::builder()
+            .namespace(config.cache_namespace.clone())
+            .default_ttl(config.cache_ttl)
+            .l1_max_bytes(config.cache_l1_max_bytes)
+            .command_timeout(config.redis_timeout)
+            .hotkeys(hotkeys.clone());
+        if let Some(url) = &config.redis_url {
+            cache = cache.redis_url(url.clone());
+        }
+        let cache = cache.build().await.context("building the cache")?;
+
+        let mut limiter = RateLimiter::builder()
+            .key_prefix(format!("{}rl:", config.cache_namespace))
+            .command_timeout(config.redis_timeout)
+            .expected_instances(
+                NonZeroU32::new(config.rate_limit_instances).unwrap_or(NonZeroU32::MIN),
+            );
+        if let Some(client) = &redis {
+            limiter = limiter.redis(client.clone());
+        }
+        let limiter = limiter.build().context("building the rate limiter")?;
+
+        Ok(Self(Arc::new(Inner {
+            config,
+            pool,
+            cache,
+            limiter,
+            hotkeys,
+            redis,
+            metrics,
+            started: Instant::now(),
+            warm: Mutex::new(crate::tools::WarmState::default()),
+        })))
+    }
+}
+
+/// The pool's configuration from the service's.
+pub fn pool_config(config: &Config) -> anyhow::Result<PoolConfig> {
+    let url = unite_pool::DatabaseUrl::parse(&config.database_url)
+        .map_err(|e| anyhow::anyhow!("DATABASE_URL: {e}"))?;
+    let mut tls = TlsConfig::new(match config.database_tls {
+        DbTls::Disable => TlsMode::Disable,
+        DbTls::Require => TlsMode::Require,
+        DbTls::VerifyFull => TlsMode::VerifyFull,
+    });
+    if let Some(ca) = &config.database_ca_file {
+        tls = tls.with_ca_file(ca.clone());
+    }
+    let mut pc = PoolConfig::new(url);
+    pc.name = "primary".into();
+    pc.max_size = config.database_pool_max;
+    pc.min_idle = config.database_pool_min;
+    pc.connect_timeout = config.database_connect_timeout;
+    pc.checkout_timeout = config.database_checkout_timeout;
+    pc.statement_timeout = Some(config.database_statement_timeout);
+    pc.application_name = Some("unite-hub".into());
+    pc.tls = tls;
+    Ok(pc)
+}
+
+/// A Redis client that fails commands fast and reconnects by itself.
+pub async fn redis_client(url: &str, config: &Config) -> anyhow::Result<fred::clients::Client> {
+    use fred::prelude::*;
+    let mut redis_config = fred::types::config::Config::from_url(url)
+        .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
+    redis_config.fail_fast = true;
+    let timeout = config.redis_timeout;
+    let client = Builder::from_config(redis_config)
+        .with_connection_config(|c| {
+            c.connection_timeout = timeout.max(std::time::Duration::from_secs(1));
+            c.internal_command_timeout = timeout.max(std::time::Duration::from_secs(1));
+        })
+        .with_performance_config(|p| p.default_command_timeout = timeout)
+        .set_policy(ReconnectPolicy::new_constant(0, 500))
+        .build()
+        .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
+    // Connect in the background: a Redis that is down at start makes the service degraded,
+    // not dead.
+    let _connection = client.init().await.map_err(|e| {
+        tracing::warn!(error = %e, "Redis did not answer at start; running degraded");
+    });
+    Ok(client)
+}
