@@ -184,36 +184,6 @@ pub async fn session(pool: &Pool, token_hash: &[u8]) -> Result<Option<SessionInf
     }))
 }
 
-/// Live sessions, newest first (for warming).
-pub async fn recent_sessions(
-    pool: &Pool,
-    limit: i64,
-) -> Result<Vec<([u8; 32], SessionInfo)>, Error> {
-    let rows = pool
-        .query(
-            "SELECT s.token_hash, s.user_id, u.plan, extract(epoch FROM s.expires_at)::bigint
-             FROM sessions s JOIN users u ON u.id = s.user_id
-             WHERE s.expires_at > now() ORDER BY s.created_at DESC LIMIT $1",
-            &[&limit],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| {
-            let hash: Vec<u8> = r.get(0);
-            let hash: [u8; 32] = hash.try_into().ok()?;
-            Some((
-                hash,
-                SessionInfo {
-                    user_id: r.get(1),
-                    plan: Plan::parse(r.get(2)),
-                    expires_at: r.get(3),
-                },
-            ))
-        })
-        .collect())
-}
-
 /// One contact of one owner.
 pub async fn contact_get(pool: &Pool, owner_id: i64, id: i64) -> Result<Option<Contact>, Error> {
     let sql = format!("SELECT {CONTACT_COLUMNS} FROM contacts WHERE owner_id = $1 AND id = $2");
