@@ -191,6 +191,9 @@ pub struct PostgresOptions<'a> {
     pub tls_only: bool,
     /// More `postgresql.conf` settings, e.g. `("ssl_min_protocol_version", "TLSv1")`.
     pub settings: Vec<(String, String)>,
+    /// Configure the server as the primary of streaming replicas (see
+    /// [`PostgresServer::start_primary`]).
+    pub replication: bool,
 }
 
 impl<'a> PostgresOptions<'a> {
@@ -208,22 +211,126 @@ impl<'a> PostgresOptions<'a> {
         self.settings.push((name.to_owned(), value.to_owned()));
         self
     }
+
+    /// Configures the server as the primary of streaming replicas: `wal_level = replica`,
+    /// WAL senders and slots, WAL kept for replicas that fall behind, and commits flushed
+    /// (`synchronous_commit = on`, so replicas receive each commit at once).
+    #[must_use]
+    pub fn replication(mut self) -> Self {
+        self.replication = true;
+        self
+    }
 }
+
+/// `postgresql.conf` settings of a primary of streaming replicas.
+const PRIMARY_SETTINGS: &str = "wal_level = replica\nmax_wal_senders = 10\n\
+     max_replication_slots = 10\nwal_keep_size = '256MB'\nsynchronous_commit = on\n\
+     wal_writer_delay = '10ms'\nhot_standby = on\n";
 
 /// A PostgreSQL cluster of the test's own (initdb into a temporary folder), on a free port
 /// of `127.0.0.1`, trust auth for user `postgres`; stopped and deleted on drop.
+///
+/// It can also be a streaming replica of another one ([`PostgresServer::start_replica`]):
+///
+/// ```no_run
+/// # fn demo() -> Result<(), unite_testkit::Error> {
+/// use unite_testkit::PostgresServer;
+/// let primary = PostgresServer::start_primary()?;
+/// let replica = primary.start_replica()?; // pg_basebackup -R, on another free port
+/// assert!(replica.is_replica());
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct PostgresServer {
     bin: PathBuf,
     dir: tempfile::TempDir,
     port: u16,
     running: bool,
+    replica: bool,
 }
 
 impl PostgresServer {
     /// Starts a plaintext server.
     pub fn start() -> Result<Self, Error> {
         Self::start_with(PostgresOptions::default())
+    }
+
+    /// Starts a plaintext server configured as the primary of streaming replicas (see
+    /// [`PostgresOptions::replication`]); then [`start_replica`](Self::start_replica) makes
+    /// replicas of it.
+    pub fn start_primary() -> Result<Self, Error> {
+        Self::start_with(PostgresOptions::default().replication())
+    }
+
+    /// Creates and starts a hot-standby streaming replica of this server on another free port
+    /// of `127.0.0.1`: `pg_basebackup -R -X stream` from this server (over TCP, as the
+    /// replication user `postgres`), then `pg_ctl start`. The replica follows this server
+    /// until either is stopped; it is stopped and deleted on drop, like any
+    /// [`PostgresServer`].
+    ///
+    /// This server should have been started with [`start_primary`](Self::start_primary) (or
+    /// [`PostgresOptions::replication`]): without it, commits reach the replica late.
+    ///
+    /// # Errors
+    /// [`Error::Start`] when this server is stopped, when `pg_basebackup` fails (its output is
+    /// in the message), or when the replica does not start (with its log tail).
+    pub fn start_replica(&self) -> Result<Self, Error> {
+        if !self.running {
+            return Err(start_err(format!(
+                "cannot make a replica of the server on port {}: it is stopped",
+                self.port
+            )));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("unite-pg-replica-")
+            .tempdir()?;
+        let data = dir.path().join("data");
+        let owner = DbOwner::detect()?;
+        owner.chown(dir.path())?;
+        let out = owner
+            .command(&self.bin.join("pg_basebackup"))
+            .args(["-h", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .args([
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+                "-c",
+                "fast",
+                "-D",
+            ])
+            .arg(&data)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| start_err(format!("pg_basebackup: {e}")))?;
+        if !out.status.success() {
+            return Err(start_err(format!(
+                "pg_basebackup from port {} failed: {}",
+                self.port,
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        // The copied postgresql.conf names the primary's socket folder; later lines win.
+        append(
+            &data.join("postgresql.conf"),
+            &format!(
+                "unix_socket_directories = '{}'\nhot_standby = on\n\
+                 wal_receiver_status_interval = '1s'\n",
+                path_str(dir.path())
+            ),
+        )?;
+        let mut replica = Self {
+            bin: self.bin.clone(),
+            dir,
+            port: free_port()?,
+            running: false,
+            replica: true,
+        };
+        replica.pg_ctl_start()?;
+        Ok(replica)
     }
 
     /// Starts a server as `options` say.
@@ -287,6 +394,9 @@ impl PostgresServer {
             hba.push_str("host all all 127.0.0.1/32 trust\n");
             hba.push_str("host replication all 127.0.0.1/32 trust\n");
         }
+        if options.replication {
+            conf.push_str(PRIMARY_SETTINGS);
+        }
         for (k, v) in &options.settings {
             conf.push_str(&format!("{k} = '{}'\n", v.replace('\'', "''")));
         }
@@ -299,6 +409,7 @@ impl PostgresServer {
             dir,
             port: free_port()?,
             running: false,
+            replica: false,
         };
         server.pg_ctl_start()?;
         Ok(server)
@@ -357,6 +468,12 @@ impl PostgresServer {
     #[must_use]
     pub fn data_dir(&self) -> PathBuf {
         self.data()
+    }
+
+    /// `true` when it was made by [`start_replica`](Self::start_replica).
+    #[must_use]
+    pub fn is_replica(&self) -> bool {
+        self.replica
     }
 
     /// Stops the server at once (`pg_ctl stop -m immediate`).

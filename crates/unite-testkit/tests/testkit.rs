@@ -335,3 +335,69 @@ async fn postgres_server_of_its_own_plain_and_tls_only() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn postgres_replica_streams_from_its_primary_and_stops_on_drop() {
+    let primary = PostgresServer::start_primary().unwrap_or_else(|e| panic!("{e}"));
+    let replica = primary.start_replica().unwrap_or_else(|e| panic!("{e}"));
+    assert!(replica.is_replica() && !primary.is_replica());
+    assert_ne!(replica.port(), primary.port());
+
+    let connect = async |url: String| {
+        let (client, conn) = timeout(
+            Duration::from_secs(10),
+            tokio_postgres::connect(&url, tokio_postgres::NoTls),
+        )
+        .await
+        .expect("connect within 10 s")
+        .unwrap();
+        tokio::spawn(conn);
+        client
+    };
+    let p = connect(primary.url()).await;
+    let r = connect(replica.url()).await;
+    let in_recovery = async |c: &tokio_postgres::Client| {
+        c.query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    };
+    assert!(!in_recovery(&p).await);
+    assert!(in_recovery(&r).await);
+
+    p.batch_execute("CREATE TABLE replicated (v int); INSERT INTO replicated VALUES (42)")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = r
+            .query_opt("SELECT v FROM replicated", &[])
+            .await
+            .ok()
+            .flatten()
+            .map(|row| row.get::<_, i32>(0));
+        if seen == Some(42) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica did not show the primary's row within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let err = r
+        .batch_execute("INSERT INTO replicated VALUES (1)")
+        .await
+        .expect_err("a replica refuses writes");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
+    );
+
+    let addr = replica.addr();
+    drop(replica);
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
+        "the replica still listens after drop"
+    );
+}
