@@ -73,6 +73,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// `REQUEST_TIMEOUT`.
     pub request_timeout: Duration,
+    /// `HEADER_READ_TIMEOUT`: how long a client may take to send a request head (slow-client
+    /// defence: the connection is closed when it runs out).
+    pub header_read_timeout: Duration,
     /// `SHUTDOWN_GRACE`.
     pub shutdown_grace: Duration,
     /// `WARM_ON_START`.
@@ -315,6 +318,7 @@ impl Config {
         }
         let max_body_bytes = r.parse("MAX_BODY_BYTES", 64usize * 1024, "a number of bytes");
         let request_timeout = r.duration("REQUEST_TIMEOUT", Duration::from_secs(15));
+        let header_read_timeout = r.duration("HEADER_READ_TIMEOUT", Duration::from_secs(10));
         let shutdown_grace = r.duration("SHUTDOWN_GRACE", Duration::from_secs(20));
         let warm_on_start = r.bool("WARM_ON_START", true);
         let log_format = match r.raw("LOG_FORMAT").map(str::to_ascii_lowercase).as_deref() {
@@ -352,6 +356,7 @@ impl Config {
             rate_limit_instances,
             max_body_bytes,
             request_timeout,
+            header_read_timeout,
             shutdown_grace,
             warm_on_start,
             log_format,
@@ -419,6 +424,7 @@ impl Config {
             format!("RATE_LIMIT_INSTANCES={}", self.rate_limit_instances),
             format!("MAX_BODY_BYTES={}", self.max_body_bytes),
             format!("REQUEST_TIMEOUT={}", d(self.request_timeout)),
+            format!("HEADER_READ_TIMEOUT={}", d(self.header_read_timeout)),
             format!("SHUTDOWN_GRACE={}", d(self.shutdown_grace)),
             format!("WARM_ON_START={}", self.warm_on_start),
             format!(
@@ -520,6 +526,10 @@ mod tests {
         );
         assert_eq!(problems(&[("WARM_ON_START", "perhaps")]), ["WARM_ON_START"]);
         assert_eq!(problems(&[("LOG_FORMAT", "xml")]), ["LOG_FORMAT"]);
+        assert_eq!(
+            problems(&[("HEADER_READ_TIMEOUT", "0s")]),
+            ["HEADER_READ_TIMEOUT"]
+        );
         assert_eq!(problems(&[("MAX_BODY_BYTES", "-1")]), ["MAX_BODY_BYTES"]);
         assert_eq!(
             problems(&[("RATE_LIMIT_INSTANCES", "0")]),

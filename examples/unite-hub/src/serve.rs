@@ -1,11 +1,15 @@
 //! `unite-hub serve`: migrate, serve at once, warm in the background, shut down gracefully.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
 
 use crate::config::Config;
 use crate::state::AppState;
@@ -45,6 +49,11 @@ pub async fn serve(state: AppState) -> anyhow::Result<()> {
 }
 
 /// Serves on `listener` until `stop` resolves; the testable core of [`serve`].
+///
+/// Connections are HTTP/1.1 through hyper, with `HEADER_READ_TIMEOUT` on every request head
+/// (from the connection's start, and between keep-alive requests): a client that trickles its
+/// headers (slowloris) or connects and stays silent is disconnected instead of holding a task
+/// and a socket for ever.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
@@ -56,12 +65,6 @@ pub async fn run(
         crate::tools::start_warm(&state);
     }
     let router = crate::app(state.clone());
-    let graceful = shutdown.clone();
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { graceful.cancelled().await });
 
     let signal = shutdown.clone();
     tokio::spawn(async move {
@@ -70,11 +73,48 @@ pub async fn run(
         signal.cancel();
     });
 
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(state.config.header_read_timeout);
+    let connections = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service =
+            router
+                .clone()
+                .map_request(move |mut request: http::Request<hyper::body::Incoming>| {
+                    // What `into_make_service_with_connect_info` would add: the rate limiter's peer.
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    request.map(axum::body::Body::new)
+                });
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                // Header read timeouts, resets and malformed requests end here.
+                tracing::debug!(error = %e, %peer, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+
     let grace = state.config.shutdown_grace;
-    let drained = tokio::select! {
-        r = server => { r.context("serving")?; true }
-        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => false,
-    };
+    let drained = tokio::time::timeout(grace, connections.shutdown())
+        .await
+        .is_ok();
     if !drained {
         tracing::warn!(
             grace_s = grace.as_secs(),
