@@ -39,11 +39,44 @@ impl Codec {
         }
     }
 
-    pub(crate) fn decode<T: DeserializeOwned>(self, payload: &[u8]) -> Result<T, Error> {
+    /// Serializes `value` as the cache writes a value's payload (what follows the entry's
+    /// header in Redis).
+    ///
+    /// # Errors
+    /// [`Error::Codec`] when serde refuses the value (a map with non-string keys in JSON, say).
+    pub fn encode<T: Serialize + ?Sized>(self, value: &T) -> Result<Vec<u8>, Error> {
+        let mut buf = Vec::new();
+        self.encode_into(value, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Deserializes a payload written by [`Codec::encode`].
+    ///
+    /// # Errors
+    /// [`Error::Codec`] for bytes that are not a `T` in this codec; never a panic, whatever the
+    /// bytes.
+    pub fn decode<T: DeserializeOwned>(self, payload: &[u8]) -> Result<T, Error> {
         match self {
             Self::MessagePack => rmp_serde::from_slice(payload).map_err(Error::codec),
             Self::Json => serde_json::from_slice(payload).map_err(Error::codec),
         }
+    }
+
+    /// Reads an entry as the cache stores it in Redis (a header, then the payload), for tools
+    /// that inspect Redis directly: `Ok(None)` is a cached "not found".
+    ///
+    /// ```
+    /// use unite_cache::Codec;
+    /// assert!(Codec::MessagePack.decode_entry::<String>(b"not an entry").is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Codec`] for bytes that are not an entry written with this codec (truncated,
+    /// corrupt, another format or codec) or whose payload is not a `T`; never a panic.
+    pub fn decode_entry<T: DeserializeOwned>(self, stored: &[u8]) -> Result<Option<T>, Error> {
+        Envelope::parse(Bytes::copy_from_slice(stored), self)
+            .ok_or_else(|| Error::codec("not a cache entry written with this codec"))?
+            .decode(self)
     }
 }
 
@@ -199,6 +232,17 @@ mod tests {
             assert!(!env.negative);
             assert_eq!(env.decode::<User>(codec).unwrap(), Some(user()));
         }
+    }
+
+    #[test]
+    fn json_floats_round_trip_exactly() {
+        // Found by tests/fuzz_props.rs: serde_json's default float parsing came back 1 ULP off.
+        let x = -1.170_396_975_876_968_6e266_f64;
+        let bytes = Codec::Json.encode(&x).unwrap();
+        assert_eq!(
+            Codec::Json.decode::<f64>(&bytes).unwrap().to_bits(),
+            x.to_bits()
+        );
     }
 
     #[test]
