@@ -57,44 +57,53 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &http::HeaderName) -> Option<Res
 }
 
 /// Reads the request's id from its headers (see the module docs for the rules).
+///
+/// Every id header present is checked, not only the one that wins, so that a malformed one is
+/// flagged (and removed from the request) even beside a valid one.
 pub(crate) fn extract(headers: &HeaderMap, trust_inbound: bool) -> Inbound {
-    let mut malformed = [false; 3];
-    if trust_inbound {
-        if let Some(value) = header_str(headers, &TRACEPARENT) {
-            match value.ok().and_then(|v| TraceParent::parse(v).ok()) {
-                Some(tp) => {
-                    return Inbound {
-                        id: CorrelationId::from_trace_parent(&tp),
-                        remote: Some(tp),
-                        malformed,
-                    };
-                }
-                None => malformed[0] = true,
-            }
-        }
-        for (slot, name, source) in [
-            (1, &X_REQUEST_ID, IdSource::RequestId),
-            (2, &X_CORRELATION_ID, IdSource::CorrelationId),
-        ] {
-            if let Some(value) = header_str(headers, name) {
-                match value.ok().and_then(|v| parse_request_id(v).ok()) {
-                    Some(trace_id) => {
-                        let id = CorrelationId::new(
-                            trace_id,
-                            super::id::random_nonzero_u64(),
-                            None,
-                            false,
-                            source,
-                        );
-                        return Inbound {
-                            id: id.with_replaced(malformed.iter().any(|&m| m)),
-                            remote: None,
-                            malformed,
-                        };
-                    }
-                    None => malformed[slot] = true,
-                }
-            }
+    if !trust_inbound {
+        return Inbound {
+            id: CorrelationId::generate().with_source(IdSource::Generated),
+            remote: None,
+            malformed: [false; 3],
+        };
+    }
+    let traceparent =
+        header_str(headers, &TRACEPARENT).map(|v| v.ok().and_then(|v| TraceParent::parse(v).ok()));
+    let request_id =
+        header_str(headers, &X_REQUEST_ID).map(|v| v.ok().and_then(|v| parse_request_id(v).ok()));
+    let correlation_id = header_str(headers, &X_CORRELATION_ID)
+        .map(|v| v.ok().and_then(|v| parse_request_id(v).ok()));
+    let malformed = [
+        matches!(traceparent, Some(None)),
+        matches!(request_id, Some(None)),
+        matches!(correlation_id, Some(None)),
+    ];
+    if let Some(Some(tp)) = traceparent {
+        return Inbound {
+            id: CorrelationId::from_trace_parent(&tp),
+            remote: Some(tp),
+            malformed,
+        };
+    }
+    for (slot, parsed, source) in [
+        (1, request_id, IdSource::RequestId),
+        (2, correlation_id, IdSource::CorrelationId),
+    ] {
+        if let Some(Some(trace_id)) = parsed {
+            let id = CorrelationId::new(
+                trace_id,
+                super::id::random_nonzero_u64(),
+                None,
+                false,
+                source,
+            );
+            // Replaced: a header of higher precedence was sent and refused.
+            return Inbound {
+                id: id.with_replaced(malformed[..slot].iter().any(|&m| m)),
+                remote: None,
+                malformed,
+            };
         }
     }
     let any = malformed.iter().any(|&m| m);
@@ -161,8 +170,13 @@ where
         );
         let id = crate::otel::start_request_span(&span, inbound.id, inbound.remote.as_ref());
 
-        // Nothing downstream may see (or forward) an id that was rejected.
+        // Nothing downstream may see (or forward) an id that was rejected, nor, when inbound
+        // ids are not trusted, any id the client chose.
         let headers = req.headers_mut();
+        if !self.config.trust_inbound {
+            headers.remove(&TRACEPARENT);
+            headers.remove(&X_CORRELATION_ID);
+        }
         for (malformed, name) in
             inbound
                 .malformed
@@ -250,6 +264,22 @@ mod tests {
         assert_eq!(got.malformed, [false, true, false]);
         assert_eq!(got.id.source(), IdSource::Generated);
         assert!(got.id.was_replaced());
+    }
+
+    #[test]
+    fn a_malformed_header_beside_a_valid_one_is_flagged() {
+        // Found by tests/fuzz_props.rs: the lower-precedence headers went unchecked.
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let got = extract(
+            &headers(&[
+                ("traceparent", tp.as_bytes()),
+                ("x-correlation-id", b"<script>"),
+            ]),
+            true,
+        );
+        assert_eq!(got.id.source(), IdSource::TraceParent);
+        assert_eq!(got.malformed, [false, false, true]);
+        assert!(!got.id.was_replaced());
     }
 
     #[test]
