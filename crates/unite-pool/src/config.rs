@@ -309,6 +309,58 @@ impl BreakerConfig {
     }
 }
 
+/// Read replicas: where they are, how far behind they may be, how often that is checked,
+/// and how long a [`Session`](crate::Session)'s reads stay on the primary after a write whose
+/// log position is unknown. Every other setting (sizes, timeouts, TLS, PgBouncer mode, breaker
+/// settings) is the pool's, applied to each replica as to the primary.
+///
+/// ```
+/// let config: unite_pool::PoolConfig = serde_json::from_str(r#"{
+///     "url": "postgres://app:s3cret@db-primary:5432/app",
+///     "replicas": {
+///         "urls": ["postgres://app:s3cret@db-replica-1:5432/app"],
+///         "max_lag": "250ms"
+///     }
+/// }"#).unwrap();
+/// assert_eq!(config.replicas.urls.len(), 1);
+/// assert!(!format!("{config:?}").contains("s3cret"));
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ReplicasConfig {
+    /// The replicas' connection strings (their `Debug` hides the passwords). Default none:
+    /// every read goes to the primary.
+    pub urls: Vec<DatabaseUrl>,
+    /// A replica further behind the primary than this is skipped (its reads go to the
+    /// primary) until it catches up. A replica that has replayed the primary's current log
+    /// position is at lag 0, however long the primary has been idle. Default 100 ms; 0 means
+    /// "fully caught up at the last check".
+    #[serde(with = "humantime_serde")]
+    pub max_lag: Duration,
+    /// How often the background monitor measures each replica's lag (one small query on the
+    /// primary and one on each replica, on connections of its own). Default 250 ms.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+    /// After a [`Session`](crate::Session) write whose log position could not be read (or a
+    /// write it was told about with [`mark_written`](crate::Session::mark_written)), its
+    /// reads stay on the primary this long. Writes with a known position keep reads on the
+    /// primary until a replica has replayed it, with no time limit. Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub read_your_writes_window: Duration,
+}
+
+impl Default for ReplicasConfig {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            max_lag: Duration::from_millis(100),
+            check_interval: Duration::from_millis(250),
+            read_your_writes_window: Duration::from_secs(1),
+        }
+    }
+}
+
 fn default_name() -> String {
     "postgres".to_owned()
 }
@@ -407,9 +459,13 @@ pub struct PoolConfig {
     /// Check each connection with an empty query when it is checked out. Default true.
     #[serde(default = "default_true")]
     pub test_on_checkout: bool,
-    /// The breaker's settings.
+    /// The breaker's settings (each replica gets a breaker of its own with the same
+    /// settings).
     #[serde(default)]
     pub breaker: BreakerConfig,
+    /// Read replicas, reached through [`Pool::read`](crate::Pool::read). Default none.
+    #[serde(default)]
+    pub replicas: ReplicasConfig,
 }
 
 impl Default for PoolConfig {
@@ -431,6 +487,7 @@ impl Default for PoolConfig {
             pgbouncer: false,
             test_on_checkout: true,
             breaker: BreakerConfig::default(),
+            replicas: ReplicasConfig::default(),
         }
     }
 }
@@ -489,27 +546,11 @@ impl PoolConfig {
                 "must be at most 63 bytes without NUL",
             ));
         }
-        match self.tls.mode {
-            TlsMode::Disable => {
-                if url.pg_config().get_ssl_mode() == SslMode::Require {
-                    return Err(Error::config(
-                        "tls.mode",
-                        "is disable but the URL asks for sslmode=require: set tls.mode to \
-                         require or verify-full",
-                    ));
-                }
-            }
-            TlsMode::Require => {}
-            TlsMode::VerifyFull => {
-                if !url.has_tcp_host() {
-                    return Err(Error::config(
-                        "url",
-                        "has no host name, and tls.mode verify-full checks the server \
-                         certificate against it",
-                    ));
-                }
-            }
+        self.check_tls_for("url", url)?;
+        for replica in &self.replicas.urls {
+            self.check_tls_for("replicas.urls", replica)?;
         }
+        nonzero("replicas.check_interval", self.replicas.check_interval)?;
         if let Some(path) = &self.tls.ca_file {
             if self.tls.mode != TlsMode::VerifyFull {
                 return Err(Error::config(
@@ -529,6 +570,38 @@ impl PoolConfig {
         }
         // The breaker validates its own settings; build one to find out.
         self.breaker.build(&self.name).map(|_| ())
+    }
+
+    /// The TLS mode's demands on one URL; `field` names it in the error.
+    fn check_tls_for(&self, field: &'static str, url: &DatabaseUrl) -> Result<(), Error> {
+        match self.tls.mode {
+            TlsMode::Disable => {
+                if url.pg_config().get_ssl_mode() == SslMode::Require {
+                    return Err(Error::config(
+                        if field == "url" { "tls.mode" } else { field },
+                        format!(
+                            "{}: tls.mode is disable but the URL asks for sslmode=require: set \
+                             tls.mode to require or verify-full",
+                            url.redacted()
+                        ),
+                    ));
+                }
+            }
+            TlsMode::Require => {}
+            TlsMode::VerifyFull => {
+                if !url.has_tcp_host() {
+                    return Err(Error::config(
+                        field,
+                        format!(
+                            "{} has no host name, and tls.mode verify-full checks the server \
+                             certificate against it",
+                            url.redacted()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -577,6 +650,43 @@ mod tests {
         );
         assert!("verify-ca".parse::<TlsMode>().is_err());
         assert_eq!(TlsMode::Require.to_string(), "require");
+    }
+
+    #[test]
+    fn replica_settings_validate_and_hide_passwords() {
+        let mut config = PoolConfig::new(DatabaseUrl::parse("postgres://u@h/d").unwrap());
+        config
+            .replicas
+            .urls
+            .push(DatabaseUrl::parse("host=/var/run/postgresql user=u password=hunter2").unwrap());
+        config.validate().unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+        config.tls.mode = TlsMode::VerifyFull;
+        let err = config.validate().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Config {
+                    field: "replicas.urls",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        config.tls.mode = TlsMode::Disable;
+        config.replicas.check_interval = Duration::ZERO;
+        let err = config.validate().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Config {
+                    field: "replicas.check_interval",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]

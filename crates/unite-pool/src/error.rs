@@ -321,6 +321,9 @@ mod tests {
         send_sync::<crate::Pool>();
         send_sync::<crate::PooledConnection>();
         send_sync::<crate::PoolStats>();
+        send_sync::<crate::Session>();
+        send_sync::<crate::Reader<'static>>();
+        send_sync::<crate::Writer<'static>>();
     }
 
     #[test]

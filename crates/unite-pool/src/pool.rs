@@ -1,8 +1,10 @@
-//! The pool: checkouts and calls through the breaker, with statistics.
+//! The pool: checkouts and calls through the breaker, with statistics; the primary and the
+//! read replicas are each a `Node`.
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::types::{ToSql, Type};
@@ -10,24 +12,35 @@ use tokio_postgres::{Client, Row, Transaction};
 use unite_breaker::{CircuitBreaker, Permit};
 
 use crate::manager::{ConnectFailures, Manager, PgConn};
+use crate::replica::Replica;
 use crate::stats::{Outcome, PoolState, Stats};
-use crate::{Error, PoolBuilder, PoolConfig, PoolStats};
+use crate::{Error, Lsn, PoolBuilder, PoolConfig, PoolStats, Reader, Session, Writer};
 
 /// A Postgres connection pool whose every checkout and call passes through a circuit breaker.
 ///
-/// Cheap to clone (an `Arc` inside); clones share the connections, the breaker and the
+/// Cheap to clone (an `Arc` inside); clones share the connections, the breakers and the
 /// statistics. Build one with [`Pool::builder`] or [`Pool::connect`]; see the
 /// [crate docs](crate) for an example.
+///
+/// The pool's own call methods ([`query`](Self::query), [`execute`](Self::execute),
+/// [`transaction`](Self::transaction)…) go to the primary, as do those of
+/// [`write`](Self::write). With read replicas configured, [`read`](Self::read) spreads reads
+/// over the healthy ones, and a [`Session`] keeps one caller's reads consistent with its own
+/// writes.
 #[derive(Clone)]
 pub struct Pool {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
-struct Shared {
-    config: PoolConfig,
-    /// The primary. Read replicas will sit beside it, each a `Node` with its own breaker and
-    /// statistics, behind `read()` / `write()` handles.
-    primary: Node,
+pub(crate) struct Shared {
+    pub(crate) config: PoolConfig,
+    /// The primary: every write, and the reads no replica can take.
+    pub(crate) primary: Node,
+    /// The read replicas, each a node with its own breaker and statistics, and the state
+    /// the lag monitor keeps for it.
+    pub(crate) replicas: Vec<Arc<Replica>>,
+    /// Round-robin position of the next read.
+    next: AtomicUsize,
 }
 
 /// One database server: its connections, breaker and statistics.
@@ -47,13 +60,13 @@ pub(crate) struct Node {
 }
 
 /// A call let through by the breaker, not yet settled.
-struct Call {
+pub(crate) struct Call {
     permit: Permit,
     start: Instant,
 }
 
 impl Node {
-    fn admit(&self) -> Result<Call, Error> {
+    pub(crate) fn admit(&self) -> Result<Call, Error> {
         match self.breaker.try_acquire() {
             Ok(permit) => Ok(Call {
                 permit,
@@ -163,7 +176,7 @@ impl Node {
         Ok(tx)
     }
 
-    fn pool_state(&self) -> PoolState {
+    pub(crate) fn pool_state(&self) -> PoolState {
         let state = self.pool.state();
         PoolState {
             size: state.connections,
@@ -192,8 +205,261 @@ fn classify(error: &Error) -> Outcome {
     }
 }
 
-type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
-type TypedParams<'a> = &'a [(&'a (dyn ToSql + Sync), Type)];
+pub(crate) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+pub(crate) type TypedParams<'a> = &'a [(&'a (dyn ToSql + Sync), Type)];
+
+/// The primary's current insert position: at or past the end of every commit made so far,
+/// flushed or not (so also right with `synchronous_commit = off`). `None` when it cannot be
+/// read (a server in recovery, a lost connection): callers fall back to a time window.
+async fn insert_lsn(client: &Client) -> Option<Lsn> {
+    let messages = client
+        .simple_query("SELECT pg_current_wal_insert_lsn()")
+        .await
+        .ok()?;
+    crate::replica::first_row(&messages)
+        .and_then(|row| row.get(0))
+        .and_then(|text| text.parse().ok())
+}
+
+// The calls themselves, shared by the pool, `Reader` and `Writer`. Each runs on a checked-out
+// client of `node`.
+
+pub(crate) async fn op_query(
+    node: &Node,
+    c: &mut Client,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Vec<Row>, Error> {
+    if node.wrap_in_transaction(params.len()) {
+        let tx = node.begin(c).await?;
+        let rows = tx.query(sql, params).await?;
+        tx.commit().await?;
+        Ok(rows)
+    } else if params.is_empty() {
+        Ok(c.query_typed(sql, &[]).await?)
+    } else {
+        Ok(c.query(sql, params).await?)
+    }
+}
+
+pub(crate) async fn op_query_one(
+    node: &Node,
+    c: &mut Client,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Row, Error> {
+    if node.wrap_in_transaction(params.len()) {
+        let tx = node.begin(c).await?;
+        let row = tx.query_one(sql, params).await?;
+        tx.commit().await?;
+        Ok(row)
+    } else if params.is_empty() {
+        Ok(c.query_typed_one(sql, &[]).await?)
+    } else {
+        Ok(c.query_one(sql, params).await?)
+    }
+}
+
+pub(crate) async fn op_query_opt(
+    node: &Node,
+    c: &mut Client,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Option<Row>, Error> {
+    if node.wrap_in_transaction(params.len()) {
+        let tx = node.begin(c).await?;
+        let row = tx.query_opt(sql, params).await?;
+        tx.commit().await?;
+        Ok(row)
+    } else if params.is_empty() {
+        Ok(c.query_typed_opt(sql, &[]).await?)
+    } else {
+        Ok(c.query_opt(sql, params).await?)
+    }
+}
+
+pub(crate) async fn op_execute(
+    node: &Node,
+    c: &mut Client,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<u64, Error> {
+    if node.wrap_in_transaction(params.len()) {
+        let tx = node.begin(c).await?;
+        let n = tx.execute(sql, params).await?;
+        tx.commit().await?;
+        Ok(n)
+    } else if params.is_empty() {
+        Ok(c.execute_typed(sql, &[]).await?)
+    } else {
+        Ok(c.execute(sql, params).await?)
+    }
+}
+
+pub(crate) async fn op_query_typed(
+    node: &Node,
+    c: &mut Client,
+    sql: &str,
+    params: TypedParams<'_>,
+) -> Result<Vec<Row>, Error> {
+    if node.wrap_in_transaction(0) {
+        let tx = node.begin(c).await?;
+        let rows = tx.query_typed(sql, params).await?;
+        tx.commit().await?;
+        Ok(rows)
+    } else {
+        Ok(c.query_typed(sql, params).await?)
+    }
+}
+
+pub(crate) async fn op_query_typed_one(
+    node: &Node,
+    c: &mut Client,
+    sql: &str,
+    params: TypedParams<'_>,
+) -> Result<Row, Error> {
+    if node.wrap_in_transaction(0) {
+        let tx = node.begin(c).await?;
+        let row = tx.query_typed_one(sql, params).await?;
+        tx.commit().await?;
+        Ok(row)
+    } else {
+        Ok(c.query_typed_one(sql, params).await?)
+    }
+}
+
+pub(crate) async fn op_execute_typed(
+    node: &Node,
+    c: &mut Client,
+    sql: &str,
+    params: TypedParams<'_>,
+) -> Result<u64, Error> {
+    if node.wrap_in_transaction(0) {
+        let tx = node.begin(c).await?;
+        let n = tx.execute_typed(sql, params).await?;
+        tx.commit().await?;
+        Ok(n)
+    } else {
+        Ok(c.execute_typed(sql, params).await?)
+    }
+}
+
+pub(crate) async fn op_batch_execute(c: &mut Client, sql: &str) -> Result<(), Error> {
+    Ok(c.batch_execute(sql).await?)
+}
+
+/// A checked-out connection of a node.
+pub(crate) type Pooled = bb8::PooledConnection<'static, Manager>;
+
+impl Node {
+    /// Runs `op` through the breaker, with statistics; with `track`, also reads the primary's
+    /// log position after it, on the same connection.
+    pub(crate) async fn call<T, F>(&self, track: bool, op: F) -> Result<(T, Option<Lsn>), Error>
+    where
+        F: AsyncFnOnce(&Node, &mut Client) -> Result<T, Error>,
+    {
+        self.run(async |c: &mut Client| {
+            let value = op(self, c).await?;
+            let lsn = if track { insert_lsn(c).await } else { None };
+            Ok((value, lsn))
+        })
+        .await
+    }
+
+    /// [`call`](Self::call) without tracking.
+    pub(crate) async fn plain<T, F>(&self, op: F) -> Result<T, Error>
+    where
+        F: AsyncFnOnce(&Node, &mut Client) -> Result<T, Error>,
+    {
+        self.call(false, op).await.map(|(value, _)| value)
+    }
+
+    pub(crate) async fn get(&self) -> Result<PooledConnection, Error> {
+        let call = self.admit()?;
+        let result = self.checkout().await.map(|conn| PooledConnection { conn });
+        self.finish(call, result)
+    }
+
+    /// Admits and checks out, settling the call when the checkout fails: the part of a
+    /// transaction a reader may still retry elsewhere.
+    pub(crate) async fn start_transaction(&self) -> Result<(Call, Pooled), Error> {
+        let call = self.admit()?;
+        match self.checkout().await {
+            Ok(conn) => Ok((call, conn)),
+            Err(e) => {
+                self.settle(call, classify(&e));
+                Err(e)
+            }
+        }
+    }
+
+    /// The rest of a transaction: `BEGIN`, `f`, `COMMIT` or `ROLLBACK`, settled; with
+    /// `track`, the primary's log position after the commit.
+    pub(crate) async fn transaction_on<T, E, F>(
+        &self,
+        call: Call,
+        mut pooled: Pooled,
+        f: F,
+        track: bool,
+    ) -> Result<(T, Option<Lsn>), E>
+    where
+        F: AsyncFnOnce(&mut Transaction<'_>) -> Result<T, E>,
+        E: From<Error>,
+    {
+        let conn: &mut PgConn = &mut pooled;
+        let outcome = match self.query_timeout {
+            None => run_transaction(self, &mut conn.client, f, track).await,
+            Some(limit) => {
+                let result =
+                    tokio::time::timeout(limit, run_transaction(self, &mut conn.client, f, track))
+                        .await;
+                result.unwrap_or_else(|_| {
+                    conn.broken = true;
+                    TxOutcome::Pool(Error::Timeout { timeout: limit })
+                })
+            }
+        };
+        match outcome {
+            TxOutcome::Done(value, lsn) => {
+                self.settle(call, Outcome::Success);
+                Ok((value, lsn))
+            }
+            TxOutcome::User { error, lost } => {
+                let lost = lost || conn.client.is_closed();
+                self.settle(
+                    call,
+                    if lost {
+                        Outcome::Failure
+                    } else {
+                        Outcome::CallerError
+                    },
+                );
+                Err(error)
+            }
+            TxOutcome::Pool(e) => {
+                self.settle(call, classify(&e));
+                Err(E::from(e))
+            }
+        }
+    }
+
+    pub(crate) async fn transaction<T, E, F>(
+        &self,
+        f: F,
+        track: bool,
+    ) -> Result<(T, Option<Lsn>), E>
+    where
+        F: AsyncFnOnce(&mut Transaction<'_>) -> Result<T, E>,
+        E: From<Error>,
+    {
+        let (call, pooled) = self.start_transaction().await?;
+        self.transaction_on(call, pooled, f, track).await
+    }
+
+    pub(crate) fn snapshot(&self) -> PoolStats {
+        self.stats.snapshot(self.pool_state(), self.breaker.state())
+    }
+}
 
 impl Pool {
     /// A [`PoolBuilder`] holding the default [`PoolConfig`].
@@ -209,14 +475,79 @@ impl Pool {
         PoolBuilder::new().config(config).build().await
     }
 
-    pub(crate) fn from_parts(config: PoolConfig, primary: Node) -> Self {
-        let shared = Arc::new(Shared { config, primary });
+    pub(crate) fn from_parts(config: PoolConfig, primary: Node, replicas: Vec<Replica>) -> Self {
+        let shared = Arc::new(Shared {
+            config,
+            primary,
+            replicas: replicas.into_iter().map(Arc::new).collect(),
+            next: AtomicUsize::new(0),
+        });
         spawn_gauge_refresher(Arc::downgrade(&shared));
         Self { shared }
     }
 
     fn node(&self) -> &Node {
         &self.shared.primary
+    }
+
+    pub(crate) fn primary(&self) -> &Node {
+        &self.shared.primary
+    }
+
+    /// A replica that may take a read now (and, for a session, has replayed its writes),
+    /// taken in turn; `None` sends the read to the primary.
+    pub(crate) fn pick_replica(&self, session: Option<&Session>) -> Option<&Arc<Replica>> {
+        let replicas = &self.shared.replicas;
+        if replicas.is_empty() {
+            return None;
+        }
+        let window = self.shared.config.replicas.read_your_writes_window;
+        let start = self.shared.next.fetch_add(1, Ordering::Relaxed);
+        (0..replicas.len())
+            .map(|i| &replicas[start.wrapping_add(i) % replicas.len()])
+            .find(|r| r.routable() && session.is_none_or(|s| s.allows(r, window)))
+    }
+
+    /// `true` when read replicas are configured.
+    #[must_use]
+    pub fn has_replicas(&self) -> bool {
+        !self.shared.replicas.is_empty()
+    }
+
+    /// The handle for reads that may be served by a replica: each call goes to a healthy
+    /// replica (in turn), or to the primary when none is healthy. A read that fails on a
+    /// replica because of the backend is run again on the primary. Without replicas it is
+    /// the primary.
+    ///
+    /// These reads may lag the primary by up to `replicas.max_lag`; use a [`Session`]
+    /// ([`Pool::session`]) to read a caller's own writes, or [`write`](Self::write) for reads
+    /// that must see the latest data.
+    #[must_use]
+    pub fn read(&self) -> Reader<'_> {
+        Reader::new(self, None)
+    }
+
+    /// The handle for writes (and reads that must see the latest data): the primary. The
+    /// same as the pool's own call methods; it names the intent at the call site.
+    #[must_use]
+    pub fn write(&self) -> Writer<'_> {
+        Writer::new(self, None)
+    }
+
+    /// A new read-your-writes [`Session`] (see there): after a write through
+    /// `session.write()`, `session.read()` stays on the primary until a replica has replayed
+    /// it.
+    #[must_use]
+    pub fn session(&self) -> Session {
+        Session::new(self.clone(), None)
+    }
+
+    /// A [`Session`] whose reads wait for a replica that has replayed `lsn` (a position an
+    /// earlier session returned from [`Session::last_write`], carried in a cookie or a
+    /// header across requests).
+    #[must_use]
+    pub fn session_after(&self, lsn: Lsn) -> Session {
+        Session::new(self.clone(), Some(lsn))
     }
 
     /// The configuration the pool was built from.
@@ -232,15 +563,24 @@ impl Pool {
         &self.node().breaker
     }
 
-    /// A snapshot of the statistics (counters, latency percentiles, connections, breaker
-    /// state), ready to serialize into a health document.
+    /// The breaker guarding the read replica at `index` (in configuration order), if there
+    /// is one. Forcing it open takes the replica out of the read rotation.
     #[must_use]
-    pub fn stats(&self) -> PoolStats {
-        let node = self.node();
-        node.stats.snapshot(node.pool_state(), node.breaker.state())
+    pub fn replica_breaker(&self, index: usize) -> Option<&CircuitBreaker> {
+        self.shared.replicas.get(index).map(|r| &r.node.breaker)
     }
 
-    /// Checks out a connection.
+    /// A snapshot of the statistics (counters, latency percentiles, connections, breaker
+    /// state) of the primary, and the state of each replica (lag, health, breaker), ready to
+    /// serialize into a health document.
+    #[must_use]
+    pub fn stats(&self) -> PoolStats {
+        let mut stats = self.node().snapshot();
+        stats.replicas = self.shared.replicas.iter().map(|r| r.stats()).collect();
+        stats
+    }
+
+    /// Checks out a connection to the primary.
     ///
     /// Calls made directly on the returned connection's [`Client`] are not seen by the
     /// breaker or the statistics (only the checkout is); prefer the pool's own
@@ -253,13 +593,10 @@ impl Pool {
     /// when no connection became free in time; [`Error::Connect`] when a new connection was
     /// needed and could not be opened.
     pub async fn get(&self) -> Result<PooledConnection, Error> {
-        let node = self.node();
-        let call = node.admit()?;
-        let result = node.checkout().await.map(|conn| PooledConnection { conn });
-        node.finish(call, result)
+        self.node().get().await
     }
 
-    /// Runs a statement and returns its rows.
+    /// Runs a statement on the primary and returns its rows.
     ///
     /// A statement without parameters runs as one unnamed statement in one round trip. With
     /// parameters it is prepared and executed (in PgBouncer mode, inside a transaction).
@@ -268,20 +605,7 @@ impl Pool {
     /// The checkout errors of [`get`](Self::get), [`Error::Timeout`] past `query_timeout`,
     /// [`Error::Backend`] for the database's and the driver's errors.
     pub async fn query(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, Error> {
-        let node = self.node();
-        node.run(async |c: &mut Client| {
-            if node.wrap_in_transaction(params.len()) {
-                let tx = node.begin(c).await?;
-                let rows = tx.query(sql, params).await?;
-                tx.commit().await?;
-                Ok(rows)
-            } else if params.is_empty() {
-                Ok(c.query_typed(sql, &[]).await?)
-            } else {
-                Ok(c.query(sql, params).await?)
-            }
-        })
-        .await
+        self.write().query(sql, params).await
     }
 
     /// Runs a statement that returns exactly one row.
@@ -290,20 +614,7 @@ impl Pool {
     /// As [`query`](Self::query); a row count other than one is an [`Error::Backend`] that
     /// does not count against the breaker.
     pub async fn query_one(&self, sql: &str, params: Params<'_>) -> Result<Row, Error> {
-        let node = self.node();
-        node.run(async |c: &mut Client| {
-            if node.wrap_in_transaction(params.len()) {
-                let tx = node.begin(c).await?;
-                let row = tx.query_one(sql, params).await?;
-                tx.commit().await?;
-                Ok(row)
-            } else if params.is_empty() {
-                Ok(c.query_typed_one(sql, &[]).await?)
-            } else {
-                Ok(c.query_one(sql, params).await?)
-            }
-        })
-        .await
+        self.write().query_one(sql, params).await
     }
 
     /// Runs a statement that returns zero or one row.
@@ -312,20 +623,7 @@ impl Pool {
     /// As [`query`](Self::query); more than one row is an [`Error::Backend`] that does not
     /// count against the breaker.
     pub async fn query_opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, Error> {
-        let node = self.node();
-        node.run(async |c: &mut Client| {
-            if node.wrap_in_transaction(params.len()) {
-                let tx = node.begin(c).await?;
-                let row = tx.query_opt(sql, params).await?;
-                tx.commit().await?;
-                Ok(row)
-            } else if params.is_empty() {
-                Ok(c.query_typed_opt(sql, &[]).await?)
-            } else {
-                Ok(c.query_opt(sql, params).await?)
-            }
-        })
-        .await
+        self.write().query_opt(sql, params).await
     }
 
     /// Runs a statement and returns the number of rows it changed.
@@ -333,20 +631,7 @@ impl Pool {
     /// # Errors
     /// As [`query`](Self::query).
     pub async fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, Error> {
-        let node = self.node();
-        node.run(async |c: &mut Client| {
-            if node.wrap_in_transaction(params.len()) {
-                let tx = node.begin(c).await?;
-                let n = tx.execute(sql, params).await?;
-                tx.commit().await?;
-                Ok(n)
-            } else if params.is_empty() {
-                Ok(c.execute_typed(sql, &[]).await?)
-            } else {
-                Ok(c.execute(sql, params).await?)
-            }
-        })
-        .await
+        self.write().execute(sql, params).await
     }
 
     /// Runs a statement whose parameter types are given, as one unnamed statement in one
@@ -364,18 +649,7 @@ impl Pool {
     /// # Errors
     /// As [`query`](Self::query).
     pub async fn query_typed(&self, sql: &str, params: TypedParams<'_>) -> Result<Vec<Row>, Error> {
-        let node = self.node();
-        node.run(async |c: &mut Client| {
-            if node.wrap_in_transaction(0) {
-                let tx = node.begin(c).await?;
-                let rows = tx.query_typed(sql, params).await?;
-                tx.commit().await?;
-                Ok(rows)
-            } else {
-                Ok(c.query_typed(sql, params).await?)
-            }
-        })
-        .await
+        self.write().query_typed(sql, params).await
     }
 
     /// Like [`query_typed`](Self::query_typed), for a statement that returns exactly one row.
@@ -383,18 +657,7 @@ impl Pool {
     /// # Errors
     /// As [`query_one`](Self::query_one).
     pub async fn query_typed_one(&self, sql: &str, params: TypedParams<'_>) -> Result<Row, Error> {
-        let node = self.node();
-        node.run(async |c: &mut Client| {
-            if node.wrap_in_transaction(0) {
-                let tx = node.begin(c).await?;
-                let row = tx.query_typed_one(sql, params).await?;
-                tx.commit().await?;
-                Ok(row)
-            } else {
-                Ok(c.query_typed_one(sql, params).await?)
-            }
-        })
-        .await
+        self.write().query_typed_one(sql, params).await
     }
 
     /// Like [`query_typed`](Self::query_typed), returning the number of rows changed.
@@ -402,18 +665,7 @@ impl Pool {
     /// # Errors
     /// As [`query`](Self::query).
     pub async fn execute_typed(&self, sql: &str, params: TypedParams<'_>) -> Result<u64, Error> {
-        let node = self.node();
-        node.run(async |c: &mut Client| {
-            if node.wrap_in_transaction(0) {
-                let tx = node.begin(c).await?;
-                let n = tx.execute_typed(sql, params).await?;
-                tx.commit().await?;
-                Ok(n)
-            } else {
-                Ok(c.execute_typed(sql, params).await?)
-            }
-        })
-        .await
+        self.write().execute_typed(sql, params).await
     }
 
     /// Runs one or more statements separated by `;` with the simple query protocol (no
@@ -423,13 +675,11 @@ impl Pool {
     /// # Errors
     /// As [`query`](Self::query).
     pub async fn batch_execute(&self, sql: &str) -> Result<(), Error> {
-        self.node()
-            .run(async |c: &mut Client| Ok(c.batch_execute(sql).await?))
-            .await
+        self.write().batch_execute(sql).await
     }
 
-    /// Runs `f` in a transaction: committed when `f` returns `Ok`, rolled back when it
-    /// returns `Err` (or when the returned future is dropped).
+    /// Runs `f` in a transaction on the primary: committed when `f` returns `Ok`, rolled back
+    /// when it returns `Err` (or when the returned future is dropped).
     ///
     /// ```no_run
     /// # async fn demo(pool: &unite_pool::Pool) -> Result<(), unite_pool::Error> {
@@ -458,53 +708,12 @@ impl Pool {
         F: AsyncFnOnce(&mut Transaction<'_>) -> Result<T, E>,
         E: From<Error>,
     {
-        let node = self.node();
-        let call = node.admit()?;
-        let mut pooled = match node.checkout().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                node.settle(call, classify(&e));
-                return Err(E::from(e));
-            }
-        };
-        let conn: &mut PgConn = &mut pooled;
-        let outcome = match node.query_timeout {
-            None => run_transaction(node, &mut conn.client, f).await,
-            Some(limit) => {
-                let result =
-                    tokio::time::timeout(limit, run_transaction(node, &mut conn.client, f)).await;
-                result.unwrap_or_else(|_| {
-                    conn.broken = true;
-                    TxOutcome::Pool(Error::Timeout { timeout: limit })
-                })
-            }
-        };
-        match outcome {
-            TxOutcome::Done(value) => {
-                node.settle(call, Outcome::Success);
-                Ok(value)
-            }
-            TxOutcome::User { error, lost } => {
-                let lost = lost || conn.client.is_closed();
-                node.settle(
-                    call,
-                    if lost {
-                        Outcome::Failure
-                    } else {
-                        Outcome::CallerError
-                    },
-                );
-                Err(error)
-            }
-            TxOutcome::Pool(e) => {
-                node.settle(call, classify(&e));
-                Err(E::from(e))
-            }
-        }
+        self.write().transaction(f).await
     }
 
-    /// Checks the server: a checkout and `SELECT 1`, within `health_timeout`, through the
-    /// breaker. Returns the round-trip time.
+    /// Checks the primary: a checkout and `SELECT 1`, within `health_timeout`, through the
+    /// breaker. Returns the round-trip time. (Replicas are checked by the lag monitor; their
+    /// state is in [`stats`](Self::stats).)
     ///
     /// # Errors
     /// [`Error::CircuitOpen`] while the breaker is open, [`Error::Timeout`] past
@@ -540,18 +749,24 @@ impl fmt::Debug for Pool {
             .field("name", &self.shared.config.name)
             .field("circuit_state", &node.breaker.state())
             .field("state", &node.pool.state())
+            .field("replicas", &self.shared.replicas.len())
             .field("config", &self.shared.config)
             .finish_non_exhaustive()
     }
 }
 
 enum TxOutcome<T, E> {
-    Done(T),
+    Done(T, Option<Lsn>),
     User { error: E, lost: bool },
     Pool(Error),
 }
 
-async fn run_transaction<T, E, F>(node: &Node, client: &mut Client, f: F) -> TxOutcome<T, E>
+async fn run_transaction<T, E, F>(
+    node: &Node,
+    client: &mut Client,
+    f: F,
+    track: bool,
+) -> TxOutcome<T, E>
 where
     F: AsyncFnOnce(&mut Transaction<'_>) -> Result<T, E>,
 {
@@ -561,7 +776,14 @@ where
     };
     match f(&mut tx).await {
         Ok(value) => match tx.commit().await {
-            Ok(()) => TxOutcome::Done(value),
+            Ok(()) => {
+                let lsn = if track {
+                    insert_lsn(client).await
+                } else {
+                    None
+                };
+                TxOutcome::Done(value, lsn)
+            }
             Err(e) => TxOutcome::Pool(e.into()),
         },
         Err(error) => {
@@ -571,8 +793,9 @@ where
     }
 }
 
-/// A connection checked out of a [`Pool`]; it derefs to the driver's [`Client`] and goes
-/// back to the pool when dropped.
+/// A connection checked out of a [`Pool`] (of the primary's connections, or a replica's
+/// when it came from [`Reader::get`]); it derefs to the driver's [`Client`] and goes back to
+/// the pool when dropped.
 pub struct PooledConnection {
     conn: bb8::PooledConnection<'static, Manager>,
 }
@@ -618,6 +841,9 @@ fn spawn_gauge_refresher(shared: std::sync::Weak<Shared>) {
                 break;
             };
             shared.primary.refresh_gauges();
+            for replica in &shared.replicas {
+                replica.node.refresh_gauges();
+            }
         }
     });
 }

@@ -145,6 +145,7 @@ impl Stats {
             max_size: pool.max_size,
             waiters,
             checkout_timeouts: self.checkout_timeouts.0.load(Ordering::Relaxed),
+            replicas: Vec::new(),
         }
     }
 
@@ -205,7 +206,9 @@ pub(crate) struct PoolState {
 /// `total_requests`, `successes`, `failures`, `success_rate`, `average_response_time_ms`,
 /// `p50_response_time_ms`, `p95_response_time_ms`, `p99_response_time_ms`, `circuit_state`
 /// (`"closed"`, `"open"`, `"half_open"`), `size`, `idle`, `in_use`, `waiters`,
-/// `checkout_timeouts`, and also `caller_errors`, `rejected`, `max_size`.
+/// `checkout_timeouts`, and also `caller_errors`, `rejected`, `max_size`. The top-level
+/// fields describe the primary; `replicas` holds one [`ReplicaStats`] per read replica (an
+/// empty list without replicas).
 ///
 /// A request is one pool call: a checkout through [`get`](crate::Pool::get), a query or
 /// execute (checkout included), a [`transaction`](crate::Pool::transaction), a
@@ -250,6 +253,55 @@ pub struct PoolStats {
     pub waiters: u64,
     /// Checkouts that found no free connection within the checkout timeout.
     pub checkout_timeouts: u64,
+    /// The read replicas, in configuration order.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaStats>,
+}
+
+/// A point-in-time view of one read replica, for health endpoints (snake_case):
+///
+/// ```json
+/// { "name": "postgres-replica-0", "url": "postgres://app:***@db-replica-1:5432/app",
+///   "healthy": true, "lag_ms": 0.0, "replay_lsn": "0/3000148", "circuit_state": "closed",
+///   "last_error": null, "total_requests": 812, "failures": 0, "success_rate": 1.0,
+///   "average_response_time_ms": 0.38, "p95_response_time_ms": 0.9, "size": 3, "idle": 3 }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ReplicaStats {
+    /// `<pool name>-replica-<index>`: the `pool` label of its metrics and its breaker's name.
+    pub name: String,
+    /// Its URL with the password replaced by `***`.
+    pub url: String,
+    /// `true` when reads may go to it now: its last lag check succeeded, it is a replica
+    /// (in recovery), its lag is within `max_lag`, no read failed on it since, and its
+    /// breaker is not open.
+    pub healthy: bool,
+    /// Replication lag at the last check, in milliseconds (0 when it had replayed the
+    /// primary's current log position); `None` when unknown (check failed, or nothing to
+    /// measure it by).
+    pub lag_ms: Option<f64>,
+    /// The last log position it had replayed at the last check.
+    pub replay_lsn: Option<crate::Lsn>,
+    /// Its breaker's state.
+    pub circuit_state: State,
+    /// Why it is not healthy, when it is not (no password, no SQL).
+    pub last_error: Option<String>,
+    /// Calls sent to it (as [`PoolStats::total_requests`]); a read that failed on it and was
+    /// retried on the primary counts here as a failure and on the primary as a request.
+    pub total_requests: u64,
+    /// Calls that failed on it because of the backend.
+    pub failures: u64,
+    /// `successes / total_requests`.
+    pub success_rate: f64,
+    /// Mean latency of its calls, in milliseconds.
+    pub average_response_time_ms: f64,
+    /// 95th percentile latency of its calls, in milliseconds.
+    pub p95_response_time_ms: f64,
+    /// Connections open to it.
+    pub size: u32,
+    /// Connections open to it and idle.
+    pub idle: u32,
 }
 
 /// Handles into the installed `metrics` recorder, registered once when the pool is built
