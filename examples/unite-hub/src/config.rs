@@ -266,7 +266,11 @@ impl Config {
         };
         let database_ca_file = r.raw("DATABASE_CA_FILE").map(PathBuf::from);
         if let Some(path) = database_ca_file.as_ref().filter(|p| !p.is_file()) {
-            let reason = format!("{} is not a readable file", path.display());
+            // Cut short like every bad value: a secret pasted here must not be echoed whole.
+            let reason = format!(
+                "{} is not a readable file",
+                shown_value(&path.to_string_lossy())
+            );
             r.bad("DATABASE_CA_FILE", reason);
         }
         let redis_url = r.raw("REDIS_URL").map(str::to_owned);
