@@ -134,9 +134,9 @@ impl<'a> Reader<'a> {
         route!(self, n => n.get())
     }
 
-    /// Runs `f` in a transaction on a replica (or the primary), as [`Pool::transaction`]:
-    /// several reads from one consistent snapshot with `SET TRANSACTION ISOLATION LEVEL
-    /// REPEATABLE READ`. It falls back to the primary only when the replica could not give a
+    /// Runs `f` in a transaction on a replica (or the primary), as [`Pool::transaction`]
+    /// (for several reads from one snapshot, start `f` with `SET TRANSACTION ISOLATION LEVEL
+    /// REPEATABLE READ`). It falls back to the primary only when the replica could not give a
     /// connection (`f` runs once, so a failure while it runs is returned).
     ///
     /// # Errors

@@ -213,12 +213,37 @@ pub(crate) type TypedParams<'a> = &'a [(&'a (dyn ToSql + Sync), Type)];
 /// read (a server in recovery, a lost connection): callers fall back to a time window.
 async fn insert_lsn(client: &Client) -> Option<Lsn> {
     let messages = client
-        .simple_query("SELECT pg_current_wal_insert_lsn()")
+        .simple_query("SELECT pg_current_wal_insert_lsn(), current_setting('wal_block_size')")
         .await
         .ok()?;
-    crate::replica::first_row(&messages)
-        .and_then(|row| row.get(0))
-        .and_then(|text| text.parse().ok())
+    let row = crate::replica::first_row(&messages)?;
+    let lsn: Lsn = row.get(0)?.parse().ok()?;
+    let block_size = row.get(1).and_then(|s| s.parse::<u64>().ok());
+    Some(block_size.map_or(lsn, |size| to_record_boundary(lsn, size)))
+}
+
+/// The insert position just after a page header, moved back to the page boundary.
+///
+/// When the insert position is at the start of a WAL page, Postgres reports it past the page
+/// header (24 bytes, 40 on a segment's first page), while a replica that replayed every
+/// record reports the end of the last one: the page boundary. Without this, an idle primary
+/// would keep a session's reads on the primary until more WAL is written. It is safe: no
+/// record can end within the first 40 bytes of a page except one that started on the page
+/// before (a record is at least 24 bytes and starts after the header), and then no record
+/// ends at the boundary itself, so "replayed up to the boundary" still means "replayed the
+/// commit".
+fn to_record_boundary(lsn: Lsn, block_size: u64) -> Lsn {
+    const LONG_PAGE_HEADER: u64 = 40;
+    if !block_size.is_power_of_two() || block_size < 1024 {
+        return lsn;
+    }
+    let raw = lsn.as_u64();
+    let offset = raw % block_size;
+    if offset > 0 && offset <= LONG_PAGE_HEADER {
+        Lsn::from_u64(raw - offset)
+    } else {
+        lsn
+    }
 }
 
 // The calls themselves, shared by the pool, `Reader` and `Writer`. Each runs on a checked-out
@@ -846,4 +871,24 @@ fn spawn_gauge_refresher(shared: std::sync::Weak<Shared>) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_positions_after_a_page_header_move_back_to_the_boundary() {
+        let at = |raw: u64| Lsn::from_u64(raw);
+        // Short header (24 bytes) and long header (40 bytes) after an 8 KiB boundary.
+        assert_eq!(to_record_boundary(at(0x0300_2018), 8192), at(0x0300_2000));
+        assert_eq!(to_record_boundary(at(0x0400_0028), 8192), at(0x0400_0000));
+        // Anywhere else in a page, and exact boundaries, stay.
+        assert_eq!(to_record_boundary(at(0x0300_2030), 8192), at(0x0300_2030));
+        assert_eq!(to_record_boundary(at(0x0300_2000), 8192), at(0x0300_2000));
+        // A bigger page: 0x...2018 is mid-page there.
+        assert_eq!(to_record_boundary(at(0x0300_2018), 32768), at(0x0300_2018));
+        // A nonsense block size changes nothing.
+        assert_eq!(to_record_boundary(at(0x0300_2018), 1000), at(0x0300_2018));
+    }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::{Client, NoTls};
 use unite_pool::unite_breaker::State;
 use unite_pool::{Error, Pool};
-use unite_testkit::PostgresServer;
+use unite_testkit::{FaultProxy, Mode, PostgresServer, free_port};
 
 /// Bound on each test.
 const TEST_LIMIT: Duration = Duration::from_secs(120);
@@ -381,6 +381,102 @@ async fn a_session_reads_its_own_writes_at_once() {
                 .get::<_, bool>(0)
         })
         .await;
+    })
+    .await
+    .expect("test finished within its time limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_replica_costs_no_failed_read() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let cluster = cluster().await;
+        let proxy = FaultProxy::start_for_url(&cluster.replica.url())
+            .await
+            .expect("proxy starts");
+        let pool = Pool::builder()
+            .url(cluster.primary.url())
+            .replica(proxy.proxied_url(&cluster.replica.url()))
+            .max_size(4)
+            .connect_timeout(Duration::from_millis(500))
+            .checkout_timeout(Duration::from_millis(500))
+            .health_timeout(Duration::from_millis(500))
+            .query_timeout(Duration::from_millis(1000))
+            .replica_check_interval(Duration::from_millis(50))
+            .build()
+            .await
+            .unwrap();
+        wait_for("the replica to be healthy", async || healthy(&pool)).await;
+        for _ in 0..10 {
+            assert!(read_on_replica(&pool).await.unwrap());
+        }
+
+        // The replica stops answering (connections accepted, nothing comes back): reads in
+        // flight time out there and run again on the primary; then it is out of rotation.
+        proxy.set_mode(Mode::Blackhole);
+        let reads = (0..4).map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut results = Vec::new();
+                for _ in 0..5 {
+                    results.push(read_on_replica(&pool).await.map_err(|e| e.to_string()));
+                }
+                results
+            })
+        });
+        for reader in reads.collect::<Vec<_>>() {
+            for result in reader.await.unwrap() {
+                assert_eq!(result, Ok(false), "every read is served, by the primary");
+            }
+        }
+        // The first reads started while the replica was still in rotation (the monitor
+        // needs health_timeout to give up on it), so the fallback path did run.
+        assert!(pool.stats().replicas[0].failures >= 1, "{:?}", pool.stats());
+        wait_for("the monitor to mark the replica unhealthy", async || {
+            pool.stats().replicas[0].lag_ms.is_none() && !healthy(&pool)
+        })
+        .await;
+
+        proxy.set_mode(Mode::Pass);
+        wait_for("reads to return to the replica", async || {
+            read_on_replica(&pool).await.expect("no read fails")
+        })
+        .await;
+    })
+    .await
+    .expect("test finished within its time limit");
+}
+
+#[tokio::test]
+async fn an_unreachable_replica_does_not_fail_the_build_or_the_reads() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let primary = tokio::task::spawn_blocking(|| {
+            PostgresServer::start_primary()
+                .unwrap_or_else(|e| panic!("could not start a local primary Postgres: {e}"))
+        })
+        .await
+        .unwrap();
+        let closed = free_port().unwrap();
+        let pool = Pool::builder()
+            .url(primary.url())
+            .replica(format!(
+                "postgres://postgres:s3cret@127.0.0.1:{closed}/postgres"
+            ))
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .await
+            .expect("a replica that is down does not fail the build");
+        let stats = pool.stats();
+        let replica = &stats.replicas[0];
+        assert!(!replica.healthy, "{replica:?}");
+        assert_eq!(replica.lag_ms, None);
+        let reason = replica.last_error.clone().unwrap_or_default();
+        assert!(reason.contains("could not connect"), "{reason}");
+        assert!(!format!("{stats:?}").contains("s3cret"));
+        assert!(!format!("{pool:?}").contains("s3cret"));
+        assert!(replica.url.contains(":***@"), "{}", replica.url);
+        for _ in 0..10 {
+            assert!(!read_on_replica(&pool).await.unwrap());
+        }
     })
     .await
     .expect("test finished within its time limit");
