@@ -2,6 +2,7 @@
 
 mod certs;
 mod error;
+mod ha;
 mod postgres;
 mod proxy;
 mod redis;
@@ -9,6 +10,7 @@ mod servers;
 
 pub use certs::TestCerts;
 pub use error::Error;
+pub use ha::{Failover, RedisClusterGroup, RedisSentinelGroup};
 pub use postgres::TestPostgres;
 pub use proxy::{FaultProxy, Mode};
 pub use redis::TestRedis;

@@ -167,6 +167,11 @@ impl RedisServer {
         self.spawn()
     }
 
+    /// The last lines of its log file.
+    pub(crate) fn log_tail(&self) -> String {
+        log_tail(&self.dir.path().join("redis.log"))
+    }
+
     /// Whether the process is running.
     pub fn is_running(&mut self) -> bool {
         self.child
@@ -584,7 +589,7 @@ impl DbOwner {
     }
 }
 
-fn wait_until(mut ready: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_until(mut ready: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while start.elapsed() < START_TIMEOUT {
         if ready() {
@@ -595,7 +600,7 @@ fn wait_until(mut ready: impl FnMut() -> bool) -> bool {
     false
 }
 
-fn redis_ping(addr: SocketAddr) -> bool {
+pub(crate) fn redis_ping(addr: SocketAddr) -> bool {
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
     };
@@ -611,12 +616,12 @@ fn append(path: &Path, text: &str) -> std::io::Result<()> {
     f.write_all(text.as_bytes())
 }
 
-fn log_tail(path: &Path) -> String {
+pub(crate) fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
-fn path_str(p: &Path) -> String {
+pub(crate) fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
