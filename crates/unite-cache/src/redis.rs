@@ -282,7 +282,12 @@ impl L2 {
                     .set::<(), _, _>(key, bytes, Some(Expiration::PX(px)), None, false)
                     .await?;
             }
-            if !batch.dels.is_empty() {
+            if self.clustered {
+                // One DEL per hash slot: a DEL whose keys span slots is refused (CROSSSLOT).
+                for keys in by_slot(batch.dels) {
+                    pipeline.del::<(), _>(keys).await?;
+                }
+            } else if !batch.dels.is_empty() {
                 pipeline.del::<(), _>(batch.dels).await?;
             }
             if let Some((key, token)) = batch.unlock {
@@ -338,6 +343,18 @@ impl L2 {
     }
 }
 
+/// `keys` grouped by Redis Cluster hash slot, so each group can go in one multi-key command.
+fn by_slot(keys: Vec<String>) -> impl Iterator<Item = Vec<String>> {
+    let mut groups: std::collections::BTreeMap<u16, Vec<String>> = Default::default();
+    for key in keys {
+        groups
+            .entry(fred::util::redis_keyslot(key.as_bytes()))
+            .or_default()
+            .push(key);
+    }
+    groups.into_values()
+}
+
 impl Drop for L2 {
     fn drop(&mut self) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
@@ -363,5 +380,21 @@ impl Drop for L2 {
                 let _ = pool.quit().await;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::by_slot;
+
+    #[test]
+    fn keys_are_grouped_by_cluster_slot() {
+        let keys = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        // "{u1}:a" and "{u1}:b" share a hash tag, hence a slot; "a" and "b" do not.
+        let groups: Vec<_> = by_slot(keys(&["{u1}:a", "a", "{u1}:b", "b"])).collect();
+        assert_eq!(groups.len(), 3);
+        assert!(groups.contains(&keys(&["{u1}:a", "{u1}:b"])));
+        assert!(groups.contains(&keys(&["a"])) && groups.contains(&keys(&["b"])));
+        assert_eq!(by_slot(Vec::new()).count(), 0);
     }
 }
