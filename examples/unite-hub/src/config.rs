@@ -51,6 +51,11 @@ pub struct Config {
     pub database_tls: DbTls,
     /// `DATABASE_CA_FILE`.
     pub database_ca_file: Option<PathBuf>,
+    /// `DATABASE_REPLICA_URLS`: read replicas, comma-separated (each may hold a password:
+    /// never printed as is). Empty: every query goes to `DATABASE_URL`.
+    pub database_replica_urls: Vec<String>,
+    /// `DATABASE_REPLICA_MAX_LAG`: a replica further behind the primary is skipped.
+    pub database_replica_max_lag: Duration,
     /// `REDIS_URL`: absent means the in-memory cache and local limits.
     pub redis_url: Option<String>,
     /// `REDIS_TIMEOUT`.
@@ -197,6 +202,35 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// `DATABASE_REPLICA_URLS`: comma-separated Postgres URLs. A bad entry is named by its
+/// position, never quoted (it may hold a password).
+fn replica_urls(r: &mut Reader<'_>) -> Vec<String> {
+    const VAR: &str = "DATABASE_REPLICA_URLS";
+    let Some(list) = r.raw(VAR) else {
+        return Vec::new();
+    };
+    let mut urls = Vec::new();
+    for (i, url) in list.split(',').map(str::trim).enumerate() {
+        let n = i + 1;
+        if url.is_empty() {
+            // A trailing or doubled comma, as TRUSTED_PROXIES allows.
+        } else if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            r.bad(
+                VAR,
+                format!("entry {n} must start with postgres:// or postgresql://"),
+            );
+        } else if unite_pool::DatabaseUrl::parse(url).is_err() {
+            r.bad(
+                VAR,
+                format!("entry {n} is not a Postgres URL with a user (postgres://user[:password]@host[:port]/db)"),
+            );
+        } else {
+            urls.push(url.to_owned());
+        }
+    }
+    urls
+}
+
 /// A value quoted for an error message, cut short so a pasted secret is not echoed whole.
 fn shown_value(raw: &str) -> String {
     let cut: String = raw.chars().take(24).collect();
@@ -273,6 +307,9 @@ impl Config {
             );
             r.bad("DATABASE_CA_FILE", reason);
         }
+        let database_replica_urls = replica_urls(&mut r);
+        let database_replica_max_lag =
+            r.duration("DATABASE_REPLICA_MAX_LAG", Duration::from_millis(100));
         let redis_url = r.raw("REDIS_URL").map(str::to_owned);
         const REDIS_SCHEMES: [&str; 4] = [
             "redis://",
@@ -349,6 +386,8 @@ impl Config {
             database_statement_timeout,
             database_tls,
             database_ca_file,
+            database_replica_urls,
+            database_replica_max_lag,
             redis_url,
             redis_timeout,
             admin_token,
@@ -403,6 +442,18 @@ impl Config {
                     .as_ref()
                     .map(|p| p.display().to_string())
                     .unwrap_or_default()
+            ),
+            format!(
+                "DATABASE_REPLICA_URLS={}",
+                self.database_replica_urls
+                    .iter()
+                    .map(|u| unite_telemetry::redact_url(u))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            format!(
+                "DATABASE_REPLICA_MAX_LAG={}",
+                d(self.database_replica_max_lag)
             ),
             format!(
                 "REDIS_URL={}",
@@ -540,6 +591,48 @@ mod tests {
             ["RATE_LIMIT_INSTANCES"]
         );
         assert_eq!(problems(&[("DATABASE_URL", "mysql://x")]), ["DATABASE_URL"]);
+        for bad in [
+            "mysql://u@r1/db",
+            "postgres://u@r1/db,postgres://r2/db",
+            "postgres://u@r1:notaport/db",
+        ] {
+            assert_eq!(
+                problems(&[("DATABASE_REPLICA_URLS", bad)]),
+                ["DATABASE_REPLICA_URLS"],
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            problems(&[("DATABASE_REPLICA_MAX_LAG", "0s")]),
+            ["DATABASE_REPLICA_MAX_LAG"]
+        );
+    }
+
+    #[test]
+    fn replicas_are_read_and_their_passwords_never_show() {
+        let mut v = base();
+        v.push((
+            "DATABASE_REPLICA_URLS",
+            "postgres://app:r3plica-pw@10.0.0.2:5432/hub, postgresql://app:r3plica-pw@10.0.0.3/hub",
+        ));
+        v.push(("DATABASE_REPLICA_MAX_LAG", "250ms"));
+        let c = Config::from_vars(&vars(&v)).unwrap();
+        assert_eq!(c.database_replica_urls.len(), 2);
+        assert_eq!(c.database_replica_max_lag, Duration::from_millis(250));
+        let shown = format!("{c:?} {}", c.redacted_lines().join("\n"));
+        assert!(!shown.contains("r3plica-pw"), "{shown}");
+        assert!(shown.contains("10.0.0.3"), "{shown}");
+        // A bad entry is named by position, never quoted.
+        v.push((
+            "DATABASE_REPLICA_URLS",
+            "postgres://app:r3plica-pw@10.0.0.2:bad/hub",
+        ));
+        let err = Config::from_vars(&vars(&v)).unwrap_err().to_string();
+        assert!(err.contains("DATABASE_REPLICA_URLS: entry 1"), "{err}");
+        assert!(!err.contains("r3plica-pw"), "{err}");
+        let c = Config::from_vars(&vars(&base())).unwrap();
+        assert!(c.database_replica_urls.is_empty());
+        assert_eq!(c.database_replica_max_lag, Duration::from_millis(100));
     }
 
     #[test]

@@ -1,8 +1,72 @@
 //! The service's queries, each through the pool's query methods, so every one is counted in
 //! the pool's statistics and passes its circuit breaker.
+//!
+//! Where a query runs is the caller's choice, through [`Query`]: the primary (`&Pool`, a
+//! [`Writer`]) or a replica when the caller allows it (a [`Reader`], from `pool.read()` or a
+//! read-your-writes `Session`). Writes take a [`Writer`], so a `Session`'s writes are
+//! recorded. See the README's *Read replicas* for which route goes where.
+
+use std::future::Future;
 
 use serde::{Deserialize, Serialize};
-use unite_pool::{Error, Pool};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+use unite_pool::{Error, Pool, Reader, Writer};
+
+/// Query parameters, as the pool takes them.
+pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// Somewhere read queries can run: the primary ([`Pool`], [`Writer`]) or the replicas
+/// ([`Reader`]).
+pub trait Query: Sync {
+    /// Every row.
+    fn query(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> impl Future<Output = Result<Vec<Row>, Error>> + Send;
+    /// Exactly one row.
+    fn query_one(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> impl Future<Output = Result<Row, Error>> + Send;
+    /// At most one row.
+    fn query_opt(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> impl Future<Output = Result<Option<Row>, Error>> + Send;
+}
+
+macro_rules! impl_query {
+    ($($ty:ty),*) => {$(
+        impl Query for $ty {
+            fn query(
+                &self,
+                sql: &str,
+                params: Params<'_>,
+            ) -> impl Future<Output = Result<Vec<Row>, Error>> + Send {
+                <$ty>::query(self, sql, params)
+            }
+            fn query_one(
+                &self,
+                sql: &str,
+                params: Params<'_>,
+            ) -> impl Future<Output = Result<Row, Error>> + Send {
+                <$ty>::query_one(self, sql, params)
+            }
+            fn query_opt(
+                &self,
+                sql: &str,
+                params: Params<'_>,
+            ) -> impl Future<Output = Result<Option<Row>, Error>> + Send {
+                <$ty>::query_opt(self, sql, params)
+            }
+        }
+    )*};
+}
+impl_query!(Pool, Reader<'_>, Writer<'_>);
 
 /// A user's plan tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,25 +231,41 @@ pub async fn insert_session(
     Ok(row.get(0))
 }
 
-/// The live session with this token hash.
-pub async fn session(pool: &Pool, token_hash: &[u8]) -> Result<Option<SessionInfo>, Error> {
-    let row = pool
-        .query_opt(
-            "SELECT s.user_id, u.plan, extract(epoch FROM s.expires_at)::bigint
-             FROM sessions s JOIN users u ON u.id = s.user_id
-             WHERE s.token_hash = $1 AND s.expires_at > now()",
-            &[&token_hash],
-        )
-        .await?;
-    Ok(row.map(|r| SessionInfo {
+const SESSION_SQL: &str = "SELECT s.user_id, u.plan, extract(epoch FROM s.expires_at)::bigint
+     FROM sessions s JOIN users u ON u.id = s.user_id
+     WHERE s.token_hash = $1 AND s.expires_at > now()";
+
+fn session_info(r: &Row) -> SessionInfo {
+    SessionInfo {
         user_id: r.get(0),
         plan: Plan::parse(r.get(1)),
         expires_at: r.get(2),
-    }))
+    }
+}
+
+/// The live session with this token hash: asked of a replica first, then of the primary when
+/// the replica does not have it.
+///
+/// Sessions are only ever inserted, so a session a replica finds is current; one it does not
+/// find may be a moment old and not replayed there yet (signed in on another instance whose
+/// cache write did not reach this one). Confirming misses on the primary gives
+/// read-your-writes for sign-in without any position to carry; the price is a second query
+/// for unknown tokens, which the cache's negative entries absorb.
+pub async fn session(pool: &Pool, token_hash: &[u8]) -> Result<Option<SessionInfo>, Error> {
+    let found = pool.read().query_opt(SESSION_SQL, &[&token_hash]).await?;
+    if found.is_some() || !pool.has_replicas() {
+        return Ok(found.as_ref().map(session_info));
+    }
+    let row = pool.query_opt(SESSION_SQL, &[&token_hash]).await?;
+    Ok(row.as_ref().map(session_info))
 }
 
 /// One contact of one owner.
-pub async fn contact_get(pool: &Pool, owner_id: i64, id: i64) -> Result<Option<Contact>, Error> {
+pub async fn contact_get(
+    pool: &impl Query,
+    owner_id: i64,
+    id: i64,
+) -> Result<Option<Contact>, Error> {
     let sql = format!("SELECT {CONTACT_COLUMNS} FROM contacts WHERE owner_id = $1 AND id = $2");
     Ok(pool
         .query_opt(&sql, &[&owner_id, &id])
@@ -196,7 +276,7 @@ pub async fn contact_get(pool: &Pool, owner_id: i64, id: i64) -> Result<Option<C
 
 /// A page of an owner's contacts, by id.
 pub async fn contact_list(
-    pool: &Pool,
+    pool: &impl Query,
     owner_id: i64,
     after_id: i64,
     limit: i64,
@@ -214,7 +294,7 @@ pub async fn contact_list(
 
 /// Creates a contact.
 pub async fn contact_create(
-    pool: &Pool,
+    pool: &Writer<'_>,
     owner_id: i64,
     input: &ContactInput,
 ) -> Result<Contact, Error> {
@@ -240,7 +320,7 @@ pub async fn contact_create(
 
 /// Replaces a contact's fields; `None` when the owner has no such contact.
 pub async fn contact_update(
-    pool: &Pool,
+    pool: &Writer<'_>,
     owner_id: i64,
     id: i64,
     input: &ContactInput,
@@ -268,7 +348,7 @@ pub async fn contact_update(
 }
 
 /// Deletes a contact; whether it existed.
-pub async fn contact_delete(pool: &Pool, owner_id: i64, id: i64) -> Result<bool, Error> {
+pub async fn contact_delete(pool: &Writer<'_>, owner_id: i64, id: i64) -> Result<bool, Error> {
     Ok(pool
         .execute(
             "DELETE FROM contacts WHERE owner_id = $1 AND id = $2",
@@ -292,7 +372,7 @@ pub struct Report {
 }
 
 /// Computes the report (the expensive endpoint: it scans every contact of the owner).
-pub async fn report(pool: &Pool, owner_id: i64) -> Result<Report, Error> {
+pub async fn report(pool: &impl Query, owner_id: i64) -> Result<Report, Error> {
     let totals = pool
         .query_one(
             "SELECT count(*), count(*) FILTER (WHERE email = '' AND phone = '')

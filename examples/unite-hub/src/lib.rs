@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod migrate;
+pub mod read_your_writes;
 pub mod routes;
 pub mod seed;
 pub mod serve;

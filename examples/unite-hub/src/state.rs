@@ -139,6 +139,12 @@ pub fn pool_config(config: &Config) -> anyhow::Result<PoolConfig> {
     pc.statement_timeout = Some(config.database_statement_timeout);
     pc.application_name = Some("unite-hub".into());
     pc.tls = tls;
+    for (i, replica) in config.database_replica_urls.iter().enumerate() {
+        let url = unite_pool::DatabaseUrl::parse(replica)
+            .map_err(|e| anyhow::anyhow!("DATABASE_REPLICA_URLS entry {}: {e}", i + 1))?;
+        pc.replicas.urls.push(url);
+    }
+    pc.replicas.max_lag = config.database_replica_max_lag;
     Ok(pc)
 }
 

@@ -32,6 +32,8 @@ const VARS: &[&str] = &[
     "DATABASE_STATEMENT_TIMEOUT",
     "DATABASE_TLS",
     "DATABASE_CA_FILE",
+    "DATABASE_REPLICA_URLS",
+    "DATABASE_REPLICA_MAX_LAG",
     "REDIS_URL",
     "REDIS_TIMEOUT",
     "ADMIN_TOKEN",
@@ -141,6 +143,9 @@ proptest! {
                     .collect();
                 again.insert("DATABASE_URL".into(), config.database_url.clone());
                 again.insert("ADMIN_TOKEN".into(), config.admin_token.clone());
+                if !config.database_replica_urls.is_empty() {
+                    again.insert("DATABASE_REPLICA_URLS".into(), config.database_replica_urls.join(","));
+                }
                 if let Some(url) = &config.redis_url {
                     again.insert("REDIS_URL".into(), url.clone());
                 }

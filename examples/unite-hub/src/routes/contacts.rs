@@ -1,5 +1,9 @@
 //! Contacts CRUD. Reads are cache-aside with `ETag` / `304`; writes go to Postgres, then to the
 //! cache, whose invalidation message evicts the key from every other instance's memory.
+//!
+//! Every database call runs in the user's read-your-writes session
+//! ([`read_your_writes`](crate::read_your_writes)): with read replicas, reads go to a replica
+//! that has replayed the user's last write, or to the primary.
 
 use std::time::Duration;
 
@@ -12,6 +16,7 @@ use super::Json;
 use super::sessions::AuthUser;
 use crate::db::{self, Contact, ContactInput};
 use crate::error::ApiError;
+use crate::read_your_writes;
 use crate::state::AppState;
 
 /// The cache key of one contact.
@@ -67,11 +72,13 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let owner = user.user_id;
-    let pool = state.pool.clone();
+    let loader_state = state.clone();
     let found: Option<Contact> = state
         .cache
         .get_or_load(&contact_key(owner, id), move || async move {
-            db::contact_get(&pool, owner, id).await
+            // Only on a miss: the value then comes from a database that has the user's writes.
+            let session = read_your_writes::session(&loader_state, owner).await;
+            db::contact_get(&session.read(), owner, id).await
         })
         .await
         .map_err(|e| {
@@ -114,7 +121,8 @@ pub async fn list(
             "limit must be 1-200 and after non-negative",
         ));
     }
-    let rows = db::contact_list(&state.pool, user.user_id, page.after, limit).await?;
+    let session = read_your_writes::session(&state, user.user_id).await;
+    let rows = db::contact_list(&session.read(), user.user_id, page.after, limit).await?;
     Ok(axum::Json(rows))
 }
 
@@ -125,7 +133,9 @@ pub async fn create(
     Json(input): Json<ContactInput>,
 ) -> Result<Response, ApiError> {
     input.validate().map_err(ApiError::bad_request)?;
-    let contact = { db::contact_create(&state.pool, user.user_id, &input).await? };
+    let session = read_your_writes::session(&state, user.user_id).await;
+    let contact = { db::contact_create(&session.write(), user.user_id, &input).await? };
+    read_your_writes::remember(&state, user.user_id, &session).await;
     cache_write(&state, &contact).await;
     let mut response = with_validators(&contact, StatusCode::CREATED);
     if let Ok(v) = HeaderValue::from_str(&format!("/api/contacts/{}", contact.id)) {
@@ -143,7 +153,9 @@ pub async fn update(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     input.validate().map_err(ApiError::bad_request)?;
-    let updated = { db::contact_update(&state.pool, user.user_id, id, &input).await? };
+    let session = read_your_writes::session(&state, user.user_id).await;
+    let updated = { db::contact_update(&session.write(), user.user_id, id, &input).await? };
+    read_your_writes::remember(&state, user.user_id, &session).await;
     let contact = updated.ok_or_else(|| ApiError::not_found("contact"))?;
     cache_write(&state, &contact).await;
     Ok(with_validators(&contact, StatusCode::OK))
@@ -156,7 +168,9 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id)?;
-    let existed = { db::contact_delete(&state.pool, user.user_id, id).await? };
+    let session = read_your_writes::session(&state, user.user_id).await;
+    let existed = { db::contact_delete(&session.write(), user.user_id, id).await? };
+    read_your_writes::remember(&state, user.user_id, &session).await;
     if let Err(e) = state.cache.delete(&contact_key(user.user_id, id)).await {
         tracing::warn!(error = %e, "cache delete failed");
     }

@@ -31,11 +31,19 @@ const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The whole health document and its status.
 pub async fn document(state: &AppState) -> (Status, Value) {
-    let db_status = match tokio::time::timeout(DB_CHECK_TIMEOUT, state.pool.health()).await {
+    let primary_status = match tokio::time::timeout(DB_CHECK_TIMEOUT, state.pool.health()).await {
         Ok(Ok(_)) => Status::Healthy,
         _ => Status::Unhealthy,
     };
     let pool = state.pool.stats();
+    let (replicas, replica_status) = replicas_doc(&pool);
+    // A replica out of rotation costs no read (they fall back to the primary): degraded.
+    let db_status = primary_status.max(replica_status);
+    let mut pool = serde_json::to_value(&pool).unwrap_or(Value::Null);
+    if let Some(fields) = pool.as_object_mut() {
+        // Listed once, beside the pool, as the design's document has them.
+        fields.remove("replicas");
+    }
     let cache = state.cache.stats();
     let cache_status = match state.cache.status() {
         unite_cache::Status::Healthy => Status::Healthy,
@@ -65,13 +73,35 @@ pub async fn document(state: &AppState) -> (Status, Value) {
         "uptime_s": state.started.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
         "checks": {
-            "database": { "status": db_status, "pool": pool, "replicas": [] },
+            "database": { "status": db_status, "pool": pool, "replicas": replicas },
             "cache": cache_doc,
             "ratelimit": { "status": limiter_status, "mode": state.limiter.mode(), "stats": limiter },
             "hotkeys": { "top": hot.top, "alerts": hot.alerts },
         }
     });
     (overall, doc)
+}
+
+/// Each replica's entry (its statistics without the URL: `name` ends in its index in
+/// `DATABASE_REPLICA_URLS`, from 0), and `degraded` when any is out of rotation.
+fn replicas_doc(pool: &unite_pool::PoolStats) -> (Value, Status) {
+    let mut status = Status::Healthy;
+    let list = pool
+        .replicas
+        .iter()
+        .map(|replica| {
+            if !replica.healthy {
+                status = Status::Degraded;
+            }
+            let mut entry = serde_json::to_value(replica).unwrap_or(Value::Null);
+            if let Some(fields) = entry.as_object_mut() {
+                // Host names of the database stay out of an unauthenticated document.
+                fields.remove("url");
+            }
+            entry
+        })
+        .collect();
+    (Value::Array(list), status)
 }
 
 /// `GET /api/health`: 200 when healthy or degraded, 503 when unhealthy.

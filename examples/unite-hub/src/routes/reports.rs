@@ -12,6 +12,8 @@ pub async fn contacts(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
 ) -> Result<axum::Json<Report>, ApiError> {
-    let report = db::report(&state.pool, user.user_id).await?;
+    // The report tolerates lag, but not missing the user's own latest writes.
+    let session = crate::read_your_writes::session(&state, user.user_id).await;
+    let report = db::report(&session.read(), user.user_id).await?;
     Ok(axum::Json(report))
 }
