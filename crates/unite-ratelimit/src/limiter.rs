@@ -193,9 +193,10 @@ impl Builder {
         self
     }
 
-    /// Validates the configuration and builds the limiter. With Redis, this spawns the
-    /// override refresh task, so it must run inside a tokio runtime; it does not wait for
-    /// Redis (the script is loaded on first use).
+    /// Validates the configuration and builds the limiter. Inside a tokio runtime it spawns a
+    /// background task (override refresh with Redis; sweeping of idle keys and the penalty
+    /// gauge in any mode), stopped when the last clone is dropped. With Redis it must run
+    /// inside a runtime; it does not wait for Redis (the script is loaded on first use).
     ///
     /// # Errors
     /// [`Error::Config`] naming the bad field; [`Error::NoRuntime`] with Redis outside a
@@ -237,12 +238,14 @@ impl Builder {
                 })
             }
         };
-        let needs_task = shared.is_some();
         let refresh = config.shared.override_refresh;
-        let runtime = if needs_task {
-            Some(tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?)
-        } else {
-            None
+        // With Redis the task is required (overrides from other instances); without, it only
+        // sweeps idle keys and publishes the penalty gauge, which decisions also do as keys
+        // arrive, so a limiter built outside a runtime works without it.
+        let runtime = match tokio::runtime::Handle::try_current() {
+            Ok(rt) => Some(rt),
+            Err(_) if shared.is_none() => None,
+            Err(_) => return Err(Error::NoRuntime),
         };
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let refresher = runtime.map(|rt| rt.spawn(refresh_loop(weak.clone(), refresh)));

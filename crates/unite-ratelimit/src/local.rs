@@ -1,5 +1,6 @@
-//! The in-process limiter: governor's keyed GCRA, escalating penalties mirrored from the Redis
-//! script, and a hard bound on the number of keys held.
+//! The in-process limiter: governor's keyed GCRA over a state store of our own (a `DashMap`
+//! with a fast seeded hasher, which counts the keys it adds and can be cleared), escalating
+//! penalties mirrored from the Redis script, and a hard bound on the number of keys held.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -7,11 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use governor::clock::{Clock as GovernorClock, QuantaClock, Reference};
-use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DefaultKeyedStateStore;
+use governor::middleware::{NoOpMiddleware, StateInformationMiddleware};
+use governor::nanos::Nanos;
+use governor::state::keyed::ShrinkableKeyedStateStore;
+use governor::state::{InMemoryState, NotKeyed, StateStore};
 
 use crate::{Decision, DecisionSource, EndpointClass, PenaltyConfig, Quota, Subject, Tier, Tiers};
 
@@ -22,14 +24,108 @@ pub(crate) struct LocalKey {
     pub(crate) subject: Subject,
 }
 
-/// governor's keyed limiter (DashMap store) answering with state snapshots, so a decision can
+/// The hasher of every in-process map: seeded per process (so keys an attacker picks do not
+/// collide on purpose), and several times cheaper than the standard library's SipHash for
+/// keys this small.
+type FastState = foldhash::fast::RandomState;
+
+/// Counts keys added to any store of one limiter and says when a sweep is due; shared by all
+/// of its stores, so the bound holds over their total.
+#[derive(Debug)]
+struct Growth {
+    added: AtomicU64,
+    /// A power of two: a sweep is due after this many new keys.
+    every: u64,
+    due: AtomicBool,
+}
+
+impl Growth {
+    /// A key was added: every `every`-th addition makes a sweep due.
+    fn added(&self) {
+        let n = self.added.fetch_add(1, Ordering::Relaxed) + 1;
+        if n & (self.every - 1) == 0 {
+            self.due.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// governor's state store, over a `DashMap` we keep a handle to: governor's own dashmap store
+/// hashes with SipHash, cannot count the keys it adds and cannot be cleared. The hot path is
+/// governor's (`get`, then one compare-and-swap); only a new key touches the growth counter.
+#[derive(Clone)]
+pub(crate) struct Store {
+    map: Arc<DashMap<LocalKey, InMemoryState, FastState>>,
+    growth: Arc<Growth>,
+}
+
+impl Store {
+    fn new(growth: &Arc<Growth>) -> Self {
+        Self {
+            map: Arc::new(DashMap::with_hasher(FastState::default())),
+            growth: Arc::clone(growth),
+        }
+    }
+
+    fn clear(&self) {
+        self.map.clear();
+        self.map.shrink_to_fit();
+    }
+}
+
+impl StateStore for Store {
+    type Key = LocalKey;
+
+    fn measure_and_replace<T, F, E>(&self, key: &LocalKey, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        if let Some(state) = self.map.get(key) {
+            return state.measure_and_replace(&NotKeyed::NonKey, f);
+        }
+        let state = self.map.entry(key.clone()).or_insert_with(|| {
+            self.growth.added();
+            InMemoryState::default()
+        });
+        state.measure_and_replace(&NotKeyed::NonKey, f)
+    }
+}
+
+/// The state's theoretical arrival time, read without changing it (the closure declines the
+/// update and hands back what it saw); 0 for a fresh state.
+fn tat(state: &InMemoryState) -> u64 {
+    let seen: Result<((), Nanos), Option<Nanos>> =
+        state.measure_and_replace(&NotKeyed::NonKey, Err);
+    match seen {
+        Err(t) => t.map_or(0, Nanos::as_u64),
+        Ok(_) => 0,
+    }
+}
+
+impl ShrinkableKeyedStateStore<LocalKey> for Store {
+    fn retain_recent(&self, drop_below: Nanos) {
+        // As governor's own store: a state at or below `drop_below` is indistinguishable from
+        // a fresh one.
+        let drop_below = drop_below.as_u64();
+        self.map.retain(|_, state| tat(state) > drop_below);
+    }
+
+    fn shrink_to_fit(&self) {
+        self.map.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// governor's keyed limiter over [`Store`], answering with state snapshots, so a decision can
 /// report the remaining burst.
-pub(crate) type KeyedLimiter<C> = governor::RateLimiter<
-    LocalKey,
-    DefaultKeyedStateStore<LocalKey>,
-    C,
-    StateInformationMiddleware,
->;
+pub(crate) type KeyedLimiter<C> =
+    governor::RateLimiter<LocalKey, Store, C, StateInformationMiddleware>;
 
 /// Most distinct custom quotas (from overrides) kept at once; past it the set is rebuilt.
 const MAX_CUSTOM_QUOTAS: usize = 256;
@@ -72,18 +168,47 @@ impl PenaltyState {
     }
 }
 
-/// One set of governor limiters; replaced whole when the key bound cannot be kept otherwise.
-struct Generation<C: GovernorClock> {
+/// One quota's limiter, with what a decision reports about the quota computed once.
+struct Fixed<C: GovernorClock> {
+    limiter: KeyedLimiter<C>,
+    /// The limiter's store (governor gives no access to it once built).
+    store: Store,
+    quota: Quota,
+    interval: Duration,
+    /// `interval × (burst − 1)`: how far ahead of now a key's state may run.
+    tau: Duration,
+}
+
+impl<C: GovernorClock + Clone> Fixed<C> {
+    fn new(quota: Quota, clock: &C, growth: &Arc<Growth>) -> Self {
+        let interval = quota.emission_interval();
+        let store = Store::new(growth);
+        Self {
+            limiter: new_keyed(quota, clock, store.clone()),
+            store,
+            quota,
+            interval,
+            tau: interval * (quota.burst().get() - 1),
+        }
+    }
+
+    fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+/// The limiters of every tier quota and of the custom quotas set by overrides.
+struct Limiters<C: GovernorClock> {
     /// One limiter per distinct tier quota.
-    fixed: Vec<KeyedLimiter<C>>,
+    fixed: Vec<Fixed<C>>,
     /// `index[tier][class]` into `fixed`.
     index: [[usize; 2]; 4],
     /// Limiters of custom quotas set by overrides.
-    custom: RwLock<HashMap<Quota, Arc<KeyedLimiter<C>>>>,
+    custom: RwLock<HashMap<Quota, Arc<Fixed<C>>>>,
 }
 
-impl<C: GovernorClock + Clone> Generation<C> {
-    fn new(tiers: &Tiers, clock: &C) -> Self {
+impl<C: GovernorClock + Clone> Limiters<C> {
+    fn new(tiers: &Tiers, clock: &C, growth: &Arc<Growth>) -> Self {
         let mut quotas: Vec<Quota> = Vec::new();
         let mut index = [[0usize; 2]; 4];
         for tier in Tier::ALL {
@@ -99,7 +224,10 @@ impl<C: GovernorClock + Clone> Generation<C> {
                 index[tier.index()][class.index()] = i;
             }
         }
-        let fixed = quotas.iter().map(|q| new_keyed(*q, clock)).collect();
+        let fixed = quotas
+            .iter()
+            .map(|q| Fixed::new(*q, clock, growth))
+            .collect();
         Self {
             fixed,
             index,
@@ -107,31 +235,43 @@ impl<C: GovernorClock + Clone> Generation<C> {
         }
     }
 
+    fn custom_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Quota, Arc<Fixed<C>>>> {
+        self.custom.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn len(&self) -> usize {
-        let custom = self.custom.read().unwrap_or_else(PoisonError::into_inner);
-        self.fixed.iter().map(KeyedLimiter::len).sum::<usize>()
-            + custom.values().map(|l| l.len()).sum::<usize>()
+        self.fixed.iter().map(|f| f.store().len()).sum::<usize>()
+            + self
+                .custom_map()
+                .values()
+                .map(|f| f.store().len())
+                .sum::<usize>()
     }
 
     fn retain_recent(&self) {
-        for l in &self.fixed {
-            l.retain_recent();
-            l.shrink_to_fit();
+        for f in &self.fixed {
+            f.limiter.retain_recent();
+            f.limiter.shrink_to_fit();
         }
-        let custom = self.custom.read().unwrap_or_else(PoisonError::into_inner);
-        for l in custom.values() {
-            l.retain_recent();
-            l.shrink_to_fit();
+        for f in self.custom_map().values() {
+            f.limiter.retain_recent();
+            f.limiter.shrink_to_fit();
         }
     }
 
-    fn custom(&self, quota: Quota, clock: &C) -> Arc<KeyedLimiter<C>> {
-        if let Some(l) = self
-            .custom
-            .read()
+    /// Forgets every key (a flood of distinct keys left no other way to keep the bound).
+    fn clear(&self) {
+        for f in &self.fixed {
+            f.store().clear();
+        }
+        self.custom
+            .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&quota)
-        {
+            .clear();
+    }
+
+    fn custom(&self, quota: Quota, clock: &C, growth: &Arc<Growth>) -> Arc<Fixed<C>> {
+        if let Some(l) = self.custom_map().get(&quota) {
             return Arc::clone(l);
         }
         let mut map = self.custom.write().unwrap_or_else(PoisonError::into_inner);
@@ -140,14 +280,18 @@ impl<C: GovernorClock + Clone> Generation<C> {
         }
         Arc::clone(
             map.entry(quota)
-                .or_insert_with(|| Arc::new(new_keyed(quota, clock))),
+                .or_insert_with(|| Arc::new(Fixed::new(quota, clock, growth))),
         )
     }
 }
 
-fn new_keyed<C: GovernorClock + Clone>(quota: Quota, clock: &C) -> KeyedLimiter<C> {
-    governor::RateLimiter::dashmap_with_clock(quota.to_governor(), clock.clone())
-        .with_middleware::<StateInformationMiddleware>()
+fn new_keyed<C: GovernorClock + Clone>(quota: Quota, clock: &C, store: Store) -> KeyedLimiter<C> {
+    governor::RateLimiter::<LocalKey, Store, C, NoOpMiddleware<C::Instant>>::new(
+        quota.to_governor(),
+        store,
+        clock.clone(),
+    )
+    .with_middleware::<StateInformationMiddleware>()
 }
 
 /// The largest power of two not above `n` (`n >= 1`).
@@ -172,11 +316,10 @@ pub(crate) struct LocalLimiter<C: GovernorClock> {
     tiers: Tiers,
     penalty: PenaltyConfig,
     max_keys: usize,
-    sweep_every: u64,
-    generation: ArcSwap<Generation<C>>,
-    penalties: DashMap<LocalKey, PenaltyState>,
+    limiters: Limiters<C>,
+    growth: Arc<Growth>,
+    penalties: DashMap<LocalKey, PenaltyState, FastState>,
     has_penalties: AtomicBool,
-    decisions: AtomicU64,
     resets: AtomicU64,
     /// Blocks observed elsewhere (in Redis), added to the active-penalty gauge.
     extra_active: AtomicUsize,
@@ -198,20 +341,23 @@ impl<C: GovernorClock + Clone> LocalLimiter<C> {
     pub(crate) fn new(clock: C, tiers: Tiers, penalty: PenaltyConfig, max_keys: usize) -> Self {
         let max_keys = max_keys.max(1);
         let origin = clock.now();
-        let generation = Generation::new(&tiers, &clock);
+        let growth = Arc::new(Growth {
+            added: AtomicU64::new(0),
+            // Between two sweeps at most `every` new keys can arrive (in the limiters and the
+            // penalty map), so sweeping when fewer than that are left under the cap keeps the
+            // count under the cap.
+            every: prev_power_of_two((max_keys / 8).clamp(1, 1024)),
+            due: AtomicBool::new(false),
+        });
         Self {
             origin,
+            limiters: Limiters::new(&tiers, &clock, &growth),
+            growth,
             tiers,
             penalty,
             max_keys,
-            // Between two sweeps at most `sweep_every` new keys can arrive, so sweeping when
-            // fewer than that are left under the cap keeps the count under the cap.
-            // A power of two, so the hot path tests it with a mask.
-            sweep_every: prev_power_of_two((max_keys / 8).clamp(1, 1024)),
-            generation: ArcSwap::from_pointee(generation),
-            penalties: DashMap::new(),
+            penalties: DashMap::with_hasher(FastState::default()),
             has_penalties: AtomicBool::new(false),
-            decisions: AtomicU64::new(0),
             resets: AtomicU64::new(0),
             extra_active: AtomicUsize::new(0),
             maintenance: Mutex::new(()),
@@ -241,39 +387,32 @@ impl<C: GovernorClock + Clone> LocalLimiter<C> {
             class,
             subject: subject.clone(),
         };
-        let generation = self.generation.load();
-        let custom_limiter;
-        let (limiter, quota, policy) = match custom {
+        let decision = match custom {
             None => {
-                let i = generation.index[tier.index()][class.index()];
-                (
-                    &generation.fixed[i],
-                    self.tiers.quota(tier, class),
-                    class.as_str(),
-                )
+                let fixed = &self.limiters.fixed[self.limiters.index[tier.index()][class.index()]];
+                self.decide_with(fixed, key, tier, class, class.as_str(), source)
             }
             Some(q) => {
-                custom_limiter = generation.custom(q, &self.clock);
-                (&*custom_limiter, q, "override")
+                let fixed = self.limiters.custom(q, &self.clock, &self.growth);
+                self.decide_with(&fixed, key, tier, class, "override", source)
             }
         };
-        let decision = self.decide_with(limiter, key, quota, tier, class, policy, source);
-        drop(generation);
-        self.after_decision();
+        if self.growth.due.load(Ordering::Relaxed) {
+            self.maintain();
+        }
         decision
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn decide_with(
         &self,
-        limiter: &KeyedLimiter<C>,
+        fixed: &Fixed<C>,
         key: LocalKey,
-        quota: Quota,
         tier: Tier,
         class: EndpointClass,
         policy: &'static str,
         source: DecisionSource,
     ) -> Decision {
+        let quota = fixed.quota;
         let mut d = Decision {
             allowed: false,
             limit: quota.limit().get(),
@@ -305,24 +444,25 @@ impl<C: GovernorClock + Clone> LocalLimiter<C> {
                 d.strikes = state.effective(t, self.penalty.decay_after);
             }
         }
-        let t_interval = quota.emission_interval();
-        match limiter.check_key(&key) {
+        match fixed.limiter.check_key(&key) {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
                 d.allowed = true;
                 d.remaining = remaining;
                 // governor does not expose the TAT; this is exact to within one interval
                 // (an upper bound).
-                d.reset = t_interval * quota.burst().get().saturating_sub(remaining);
+                d.reset = fixed.interval * quota.burst().get().saturating_sub(remaining);
                 d
             }
             Err(not_until) => {
                 let mut retry = not_until.wait_time_from(self.clock.now());
-                let tau = t_interval * (quota.burst().get() - 1);
-                let mut reset = retry + tau;
+                let mut reset = retry + fixed.tau;
                 if penalties {
                     let t = now.unwrap_or_else(|| self.now());
-                    let mut state = self.penalties.entry(key).or_default();
+                    let mut state = self.penalties.entry(key).or_insert_with(|| {
+                        self.growth.added();
+                        PenaltyState::default()
+                    });
                     let strikes = state
                         .effective(t, self.penalty.decay_after)
                         .saturating_add(1);
@@ -348,27 +488,20 @@ impl<C: GovernorClock + Clone> LocalLimiter<C> {
         }
     }
 
-    fn after_decision(&self) {
-        let n = self.decisions.fetch_add(1, Ordering::Relaxed) + 1;
-        if n & (self.sweep_every - 1) == 0 {
-            self.maintain();
-        }
-    }
-
     /// Keeps the key count under the cap: evicts idle keys first, then, if the limiter is still
-    /// three-quarters full (a flood of distinct keys), starts a fresh generation. Also drops
-    /// spent penalty states and publishes the active-penalty gauge.
+    /// three-quarters full (a flood of distinct keys), forgets every key. Also drops spent
+    /// penalty states and publishes the active-penalty gauge. Runs after every
+    /// `growth.every` new keys, and from the limiter's background task.
     pub(crate) fn maintain(&self) {
         let Ok(_guard) = self.maintenance.try_lock() else {
             return;
         };
-        let headroom = usize::try_from(self.sweep_every).unwrap_or(usize::MAX);
-        let generation = self.generation.load();
-        if generation.len().saturating_add(headroom) > self.max_keys {
-            generation.retain_recent();
-            if generation.len() > self.max_keys / 4 * 3 {
-                self.generation
-                    .store(Arc::new(Generation::new(&self.tiers, &self.clock)));
+        self.growth.due.store(false, Ordering::Relaxed);
+        let headroom = usize::try_from(self.growth.every).unwrap_or(usize::MAX);
+        if self.limiters.len().saturating_add(headroom) > self.max_keys {
+            self.limiters.retain_recent();
+            if self.limiters.len() > self.max_keys / 4 * 3 {
+                self.limiters.clear();
                 self.resets.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     max_keys = self.max_keys,
@@ -376,7 +509,6 @@ impl<C: GovernorClock + Clone> LocalLimiter<C> {
                 );
             }
         }
-        drop(generation);
 
         let now = self.now();
         let decay = self.penalty.decay_after;
@@ -408,7 +540,7 @@ impl<C: GovernorClock + Clone> LocalLimiter<C> {
 
     pub(crate) fn stats(&self) -> LocalStats {
         LocalStats {
-            keys: self.generation.load().len(),
+            keys: self.limiters.len(),
             penalty_keys: self.penalties.len(),
             penalties_active: self.penalties_active(self.now()),
             resets: self.resets.load(Ordering::Relaxed),
