@@ -311,19 +311,28 @@ impl Config {
         let database_replica_max_lag =
             r.duration("DATABASE_REPLICA_MAX_LAG", Duration::from_millis(100));
         let redis_url = r.raw("REDIS_URL").map(str::to_owned);
-        const REDIS_SCHEMES: [&str; 4] = [
+        const REDIS_SCHEMES: [&str; 6] = [
             "redis://",
             "rediss://",
             "redis-sentinel://",
+            "rediss-sentinel://",
             "redis-cluster://",
+            "rediss-cluster://",
         ];
-        if let Some(url) = &redis_url
-            && !REDIS_SCHEMES.iter().any(|scheme| url.starts_with(scheme))
-        {
-            r.bad(
-                "REDIS_URL",
-                "must start with redis://, rediss://, redis-sentinel:// or redis-cluster://",
-            );
+        if let Some(url) = &redis_url {
+            if !REDIS_SCHEMES.iter().any(|scheme| url.starts_with(scheme)) {
+                r.bad(
+                    "REDIS_URL",
+                    "must start with redis://, rediss://, redis[s]-sentinel:// or redis[s]-cluster://",
+                );
+            } else if fred::types::config::Config::from_url(url).is_err() {
+                // fred's own message may quote the URL: not repeated.
+                r.bad(
+                    "REDIS_URL",
+                    "does not parse (a Sentinel URL needs ?sentinelServiceName=<master>; \
+                     further nodes go in &node=host:port; see .env.example)",
+                );
+            }
         }
         let redis_timeout = r.duration("REDIS_TIMEOUT", Duration::from_millis(250));
         let admin_token = r.required("ADMIN_TOKEN");
@@ -574,6 +583,16 @@ mod tests {
             ["DATABASE_CA_FILE"]
         );
         assert_eq!(problems(&[("REDIS_URL", "http://x")]), ["REDIS_URL"]);
+        assert_eq!(
+            problems(&[("REDIS_URL", "redis-sentinel://10.0.0.1:26379")]),
+            ["REDIS_URL"],
+            "a Sentinel URL names its master"
+        );
+        assert_eq!(
+            problems(&[("REDIS_URL", "redis-cluster://h1:7000,h2:7001")]),
+            ["REDIS_URL"],
+            "nodes are not comma-separated"
+        );
         assert_eq!(problems(&[("ADMIN_TOKEN", "short")]), ["ADMIN_TOKEN"]);
         assert_eq!(
             problems(&[("TRUSTED_PROXIES", "10.0.0.0/8,nope")]),

@@ -171,3 +171,51 @@ pub async fn redis_client(url: &str, config: &Config) -> anyhow::Result<fred::cl
     });
     Ok(client)
 }
+
+#[cfg(test)]
+mod tests {
+    use fred::types::config::{Config, ServerConfig};
+
+    /// The `REDIS_URL` forms `.env.example` and `docs/OPERATIONS.md` give for Sentinel and
+    /// Cluster are what fred 10 reads as those deployments.
+    #[test]
+    fn documented_sentinel_and_cluster_urls_parse_as_such() {
+        let sentinel = Config::from_url(
+            "redis-sentinel://:pw@10.0.0.1:26379/0?sentinelServiceName=mymaster\
+             &node=10.0.0.2:26379&node=10.0.0.3:26379",
+        )
+        .unwrap();
+        match &sentinel.server {
+            ServerConfig::Sentinel {
+                hosts,
+                service_name,
+                ..
+            } => {
+                assert_eq!(hosts.len(), 3, "{hosts:?}");
+                assert_eq!(service_name.to_string(), "mymaster");
+            }
+            other => panic!("not a Sentinel config: {other:?}"),
+        }
+        assert_eq!(sentinel.password.as_deref(), Some("pw"));
+
+        let cluster = Config::from_url(
+            "redis-cluster://:pw@10.0.0.1:7000?node=10.0.0.2:7000&node=10.0.0.3:7000",
+        )
+        .unwrap();
+        match &cluster.server {
+            ServerConfig::Clustered { hosts, .. } => assert_eq!(hosts.len(), 3, "{hosts:?}"),
+            other => panic!("not a Cluster config: {other:?}"),
+        }
+        for tls in [
+            "rediss-cluster://10.0.0.1:7000",
+            "rediss-sentinel://10.0.0.1:26379?sentinelServiceName=m",
+        ] {
+            assert!(Config::from_url(tls).unwrap().tls.is_some(), "{tls}");
+        }
+        // Comma-separated hosts are not a form fred reads.
+        assert!(Config::from_url("redis-cluster://10.0.0.1:7000,10.0.0.2:7000").is_err());
+        assert!(
+            Config::from_url("redis-sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster").is_err()
+        );
+    }
+}
