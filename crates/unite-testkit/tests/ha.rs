@@ -53,7 +53,7 @@ async fn sentinel_group_fails_over_to_the_replica() {
 
     let failover = tokio::task::block_in_place(|| group.kill_master()).expect("fails over");
     assert_eq!(failover.new_master, group.replica_addr());
-    println!("failover took {:?}", failover.took);
+    eprintln!("failover took {:?}", failover.took);
 
     // The client finds the new master through the sentinels; the replicated key survived.
     let after = tokio::time::timeout(OUTER, async {
