@@ -40,6 +40,7 @@ struct Inner {
     overrides_writer: Mutex<()>,
     /// `false` while the set is empty: the common case skips the lookup entirely.
     has_overrides: AtomicBool,
+    counters: crate::metrics::DecisionCounters,
     refresher: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -256,6 +257,7 @@ impl Builder {
                 overrides: ArcSwap::from_pointee(OverrideSet::default()),
                 overrides_writer: Mutex::new(()),
                 has_overrides: AtomicBool::new(false),
+                counters: crate::metrics::DecisionCounters::register(),
                 refresher,
             }
         });
@@ -408,7 +410,7 @@ impl RateLimiter {
     pub fn check(&self, subject: &Subject, tier: Tier, class: EndpointClass) -> Check {
         match self.decide_now(subject, tier, class) {
             Ok(d) => {
-                crate::metrics::record_decision(&d);
+                self.inner.counters.record(&d);
                 Check {
                     state: CheckState::Ready(Some(d)),
                 }
@@ -419,7 +421,7 @@ impl RateLimiter {
                 Check {
                     state: CheckState::Shared(Box::pin(async move {
                         let d = limiter.decide_shared(call, &subject, tier, class).await;
-                        crate::metrics::record_decision(&d);
+                        limiter.inner.counters.record(&d);
                         d
                     })),
                 }
@@ -427,7 +429,38 @@ impl RateLimiter {
         }
     }
 
+    /// Decides one request in process, without a future: the same decision as [`check`]
+    /// (overrides, penalties, metrics) for a limiter built without Redis. `None` for a limiter
+    /// built with Redis, whose decisions need a round trip: use [`check`] there.
+    ///
+    /// ```
+    /// use unite_ratelimit::{EndpointClass, RateLimiter, Subject, Tier};
+    /// let limiter = RateLimiter::builder().build()?;
+    /// let subject = Subject::Ip("192.0.2.7".parse()?);
+    /// let d = limiter.check_now(&subject, Tier::Public, EndpointClass::Default).unwrap();
+    /// assert!(d.allowed);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// [`check`]: RateLimiter::check
+    #[must_use]
+    pub fn check_now(
+        &self,
+        subject: &Subject,
+        tier: Tier,
+        class: EndpointClass,
+    ) -> Option<Decision> {
+        if self.inner.shared.is_some() {
+            return None;
+        }
+        // Without Redis every decision is made here: `decide_now` never asks for a round trip.
+        let d = self.decide_now(subject, tier, class).ok()?;
+        self.inner.counters.record(&d);
+        Some(d)
+    }
+
     /// The synchronous part of a decision; `Err` when Redis must be asked.
+    #[inline]
     fn decide_now(
         &self,
         subject: &Subject,

@@ -17,7 +17,8 @@ use governor::state::{InMemoryState, NotKeyed, StateStore};
 
 use crate::{Decision, DecisionSource, EndpointClass, PenaltyConfig, Quota, Subject, Tier, Tiers};
 
-/// The key of the in-process state: one GCRA state per (endpoint class, subject).
+/// The key of a penalty state: one per (endpoint class, subject). (The GCRA states are keyed
+/// by subject alone: each tier and class has a limiter of its own.)
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct LocalKey {
     pub(crate) class: EndpointClass,
@@ -54,7 +55,7 @@ impl Growth {
 /// governor's (`get`, then one compare-and-swap); only a new key touches the growth counter.
 #[derive(Clone)]
 pub(crate) struct Store {
-    map: Arc<DashMap<LocalKey, InMemoryState, FastState>>,
+    map: Arc<DashMap<Subject, InMemoryState, FastState>>,
     growth: Arc<Growth>,
 }
 
@@ -73,9 +74,9 @@ impl Store {
 }
 
 impl StateStore for Store {
-    type Key = LocalKey;
+    type Key = Subject;
 
-    fn measure_and_replace<T, F, E>(&self, key: &LocalKey, f: F) -> Result<T, E>
+    fn measure_and_replace<T, F, E>(&self, key: &Subject, f: F) -> Result<T, E>
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
@@ -101,7 +102,7 @@ fn tat(state: &InMemoryState) -> u64 {
     }
 }
 
-impl ShrinkableKeyedStateStore<LocalKey> for Store {
+impl ShrinkableKeyedStateStore<Subject> for Store {
     fn retain_recent(&self, drop_below: Nanos) {
         // As governor's own store: a state at or below `drop_below` is indistinguishable from
         // a fresh one.
@@ -125,7 +126,7 @@ impl ShrinkableKeyedStateStore<LocalKey> for Store {
 /// governor's keyed limiter over [`Store`], answering with state snapshots, so a decision can
 /// report the remaining burst.
 pub(crate) type KeyedLimiter<C> =
-    governor::RateLimiter<LocalKey, Store, C, StateInformationMiddleware>;
+    governor::RateLimiter<Subject, Store, C, StateInformationMiddleware>;
 
 /// Most distinct custom quotas (from overrides) kept at once; past it the set is rebuilt.
 const MAX_CUSTOM_QUOTAS: usize = 256;
@@ -197,45 +198,40 @@ impl<C: GovernorClock + Clone> Fixed<C> {
     }
 }
 
-/// The limiters of every tier quota and of the custom quotas set by overrides.
+/// Limiters of custom quotas set by overrides, by quota and endpoint class.
+type CustomMap<C> = HashMap<(Quota, EndpointClass), Arc<Fixed<C>>>;
+
+/// The limiters of every tier and endpoint class, and of the custom quotas set by overrides.
+/// Each keeps its own keys, so a key is the subject alone: a decision hashes and compares only
+/// the subject, and looks it up without cloning it.
 struct Limiters<C: GovernorClock> {
-    /// One limiter per distinct tier quota.
+    /// `fixed[tier * 2 + class]`.
     fixed: Vec<Fixed<C>>,
-    /// `index[tier][class]` into `fixed`.
-    index: [[usize; 2]; 4],
-    /// Limiters of custom quotas set by overrides.
-    custom: RwLock<HashMap<Quota, Arc<Fixed<C>>>>,
+    custom: RwLock<CustomMap<C>>,
 }
 
 impl<C: GovernorClock + Clone> Limiters<C> {
     fn new(tiers: &Tiers, clock: &C, growth: &Arc<Growth>) -> Self {
-        let mut quotas: Vec<Quota> = Vec::new();
-        let mut index = [[0usize; 2]; 4];
-        for tier in Tier::ALL {
-            for class in EndpointClass::ALL {
-                let q = tiers.quota(tier, class);
-                let i = match quotas.iter().position(|&x| x == q) {
-                    Some(i) => i,
-                    None => {
-                        quotas.push(q);
-                        quotas.len() - 1
-                    }
-                };
-                index[tier.index()][class.index()] = i;
-            }
-        }
-        let fixed = quotas
+        let fixed = Tier::ALL
             .iter()
-            .map(|q| Fixed::new(*q, clock, growth))
+            .flat_map(|&tier| {
+                EndpointClass::ALL
+                    .iter()
+                    .map(move |&class| Fixed::new(tiers.quota(tier, class), clock, growth))
+            })
             .collect();
         Self {
             fixed,
-            index,
             custom: RwLock::new(HashMap::new()),
         }
     }
 
-    fn custom_map(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Quota, Arc<Fixed<C>>>> {
+    #[inline]
+    fn fixed(&self, tier: Tier, class: EndpointClass) -> &Fixed<C> {
+        &self.fixed[tier.index() * EndpointClass::ALL.len() + class.index()]
+    }
+
+    fn custom_map(&self) -> std::sync::RwLockReadGuard<'_, CustomMap<C>> {
         self.custom.read().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -270,23 +266,29 @@ impl<C: GovernorClock + Clone> Limiters<C> {
             .clear();
     }
 
-    fn custom(&self, quota: Quota, clock: &C, growth: &Arc<Growth>) -> Arc<Fixed<C>> {
-        if let Some(l) = self.custom_map().get(&quota) {
+    fn custom(
+        &self,
+        quota: Quota,
+        class: EndpointClass,
+        clock: &C,
+        growth: &Arc<Growth>,
+    ) -> Arc<Fixed<C>> {
+        if let Some(l) = self.custom_map().get(&(quota, class)) {
             return Arc::clone(l);
         }
         let mut map = self.custom.write().unwrap_or_else(PoisonError::into_inner);
-        if map.len() >= MAX_CUSTOM_QUOTAS && !map.contains_key(&quota) {
+        if map.len() >= MAX_CUSTOM_QUOTAS && !map.contains_key(&(quota, class)) {
             map.clear();
         }
         Arc::clone(
-            map.entry(quota)
+            map.entry((quota, class))
                 .or_insert_with(|| Arc::new(Fixed::new(quota, clock, growth))),
         )
     }
 }
 
 fn new_keyed<C: GovernorClock + Clone>(quota: Quota, clock: &C, store: Store) -> KeyedLimiter<C> {
-    governor::RateLimiter::<LocalKey, Store, C, NoOpMiddleware<C::Instant>>::new(
+    governor::RateLimiter::<Subject, Store, C, NoOpMiddleware<C::Instant>>::new(
         quota.to_governor(),
         store,
         clock.clone(),
@@ -375,6 +377,7 @@ impl<C: GovernorClock + Clone> LocalLimiter<C> {
     }
 
     /// Decides one request. `custom` is an override's quota (already shared out).
+    #[inline]
     pub(crate) fn decide(
         &self,
         subject: &Subject,
@@ -383,18 +386,14 @@ impl<C: GovernorClock + Clone> LocalLimiter<C> {
         custom: Option<Quota>,
         source: DecisionSource,
     ) -> Decision {
-        let key = LocalKey {
-            class,
-            subject: subject.clone(),
-        };
         let decision = match custom {
             None => {
-                let fixed = &self.limiters.fixed[self.limiters.index[tier.index()][class.index()]];
-                self.decide_with(fixed, key, tier, class, class.as_str(), source)
+                let fixed = self.limiters.fixed(tier, class);
+                self.decide_with(fixed, subject, tier, class, class.as_str(), source)
             }
             Some(q) => {
-                let fixed = self.limiters.custom(q, &self.clock, &self.growth);
-                self.decide_with(&fixed, key, tier, class, "override", source)
+                let fixed = self.limiters.custom(q, class, &self.clock, &self.growth);
+                self.decide_with(&fixed, subject, tier, class, "override", source)
             }
         };
         if self.growth.due.load(Ordering::Relaxed) {
@@ -403,10 +402,11 @@ impl<C: GovernorClock + Clone> LocalLimiter<C> {
         decision
     }
 
+    #[inline]
     fn decide_with(
         &self,
         fixed: &Fixed<C>,
-        key: LocalKey,
+        subject: &Subject,
         tier: Tier,
         class: EndpointClass,
         policy: &'static str,
@@ -432,6 +432,10 @@ impl<C: GovernorClock + Clone> LocalLimiter<C> {
         if penalties && self.has_penalties.load(Ordering::Acquire) {
             let t = self.now();
             now = Some(t);
+            let key = LocalKey {
+                class,
+                subject: subject.clone(),
+            };
             if let Some(state) = self.penalties.get(&key) {
                 if t < state.until {
                     let wait = state.until - t;
@@ -444,7 +448,7 @@ impl<C: GovernorClock + Clone> LocalLimiter<C> {
                 d.strikes = state.effective(t, self.penalty.decay_after);
             }
         }
-        match fixed.limiter.check_key(&key) {
+        match fixed.limiter.check_key(subject) {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
                 d.allowed = true;
@@ -459,6 +463,10 @@ impl<C: GovernorClock + Clone> LocalLimiter<C> {
                 let mut reset = retry + fixed.tau;
                 if penalties {
                     let t = now.unwrap_or_else(|| self.now());
+                    let key = LocalKey {
+                        class,
+                        subject: subject.clone(),
+                    };
                     let mut state = self.penalties.entry(key).or_insert_with(|| {
                         self.growth.added();
                         PenaltyState::default()
@@ -597,6 +605,7 @@ impl AnyLocal {
         }
     }
 
+    #[inline]
     pub(crate) fn decide(
         &self,
         subject: &Subject,

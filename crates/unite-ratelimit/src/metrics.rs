@@ -1,4 +1,8 @@
 //! Metric names and recording (through the `metrics` facade; this crate installs no recorder).
+//!
+//! The decision counters are registered when a limiter is built: install the recorder first.
+
+use metrics::Counter;
 
 use crate::{Decision, Tier};
 
@@ -14,40 +18,50 @@ pub const FALLBACKS_TOTAL: &str = "unite_ratelimit_fallbacks_total";
 /// Counter `unite_ratelimit_redis_errors_total`: failed or timed-out Redis calls.
 pub const REDIS_ERRORS_TOTAL: &str = "unite_ratelimit_redis_errors_total";
 
-/// The name and every label are literals, so the key is a `static`: recording builds and hashes
-/// nothing (a `const` name would not do; the tests check the literals match the constants).
-macro_rules! decision_counter {
-    ($tier:literal, $result:literal) => {
-        ::metrics::counter!(
-            "unite_ratelimit_decisions_total",
-            "tier" => $tier,
-            "result" => $result
-        )
-        .increment(1)
+/// The decision counters of one limiter, registered once when it is built: a decision then
+/// increments a handle instead of looking its name and labels up in the recorder's registry.
+/// The name and every label are literals (the tests check they match the constants).
+pub(crate) struct DecisionCounters {
+    /// `[tier][allowed, limited, blocked]`.
+    by: [[Counter; 3]; 4],
+}
+
+macro_rules! decision_counters {
+    ($tier:literal) => {
+        [
+            ::metrics::counter!("unite_ratelimit_decisions_total", "tier" => $tier, "result" => "allowed"),
+            ::metrics::counter!("unite_ratelimit_decisions_total", "tier" => $tier, "result" => "limited"),
+            ::metrics::counter!("unite_ratelimit_decisions_total", "tier" => $tier, "result" => "blocked"),
+        ]
     };
 }
 
-pub(crate) fn record_decision(d: &Decision) {
-    let result = if d.allowed {
-        0
-    } else if d.blocked {
-        2
-    } else {
-        1
-    };
-    match (d.tier, result) {
-        (Tier::Public, 0) => decision_counter!("public", "allowed"),
-        (Tier::Public, 1) => decision_counter!("public", "limited"),
-        (Tier::Public, _) => decision_counter!("public", "blocked"),
-        (Tier::Free, 0) => decision_counter!("free", "allowed"),
-        (Tier::Free, 1) => decision_counter!("free", "limited"),
-        (Tier::Free, _) => decision_counter!("free", "blocked"),
-        (Tier::Pro, 0) => decision_counter!("pro", "allowed"),
-        (Tier::Pro, 1) => decision_counter!("pro", "limited"),
-        (Tier::Pro, _) => decision_counter!("pro", "blocked"),
-        (Tier::Enterprise, 0) => decision_counter!("enterprise", "allowed"),
-        (Tier::Enterprise, 1) => decision_counter!("enterprise", "limited"),
-        (Tier::Enterprise, _) => decision_counter!("enterprise", "blocked"),
+impl DecisionCounters {
+    /// Registers the counters with the recorder installed now.
+    pub(crate) fn register() -> Self {
+        let by = [
+            decision_counters!("public"),
+            decision_counters!("free"),
+            decision_counters!("pro"),
+            decision_counters!("enterprise"),
+        ];
+        debug_assert!(
+            Tier::ALL.iter().enumerate().all(|(i, t)| t.index() == i),
+            "tier order"
+        );
+        Self { by }
+    }
+
+    #[inline]
+    pub(crate) fn record(&self, d: &Decision) {
+        let result = if d.allowed {
+            0
+        } else if d.blocked {
+            2
+        } else {
+            1
+        };
+        self.by[d.tier.index()][result].increment(1);
     }
 }
 

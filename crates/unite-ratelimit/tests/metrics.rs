@@ -50,15 +50,16 @@ fn decisions_and_penalties_are_counted() {
     let recorder = DebuggingRecorder::new();
     let snap = recorder.snapshotter();
     let one = Quota::per_minute(NonZeroU32::new(1).unwrap());
-    let limiter = RateLimiter::builder()
-        .tier(Tier::Public, TierQuotas::new(one, one))
-        // A tiny cap sweeps after every decision, so the gauge is current.
-        .max_keys(NonZeroUsize::new(8).unwrap())
-        .clock(Arc::new(ManualClock::new()))
-        .build()
-        .unwrap();
     let s = Subject::Ip("192.0.2.1".parse().unwrap());
     metrics::with_local_recorder(&recorder, || {
+        // Built under the recorder: the limiter registers its decision counters then.
+        let limiter = RateLimiter::builder()
+            .tier(Tier::Public, TierQuotas::new(one, one))
+            // A tiny cap sweeps after every decision, so the gauge is current.
+            .max_keys(NonZeroUsize::new(8).unwrap())
+            .clock(Arc::new(ManualClock::new()))
+            .build()
+            .unwrap();
         for _ in 0..3 {
             limiter
                 .check(&s, Tier::Public, EndpointClass::Default)
@@ -95,10 +96,10 @@ async fn fallbacks_are_counted_when_the_breaker_is_open() {
     let client = fred::prelude::Builder::default_centralized()
         .build()
         .unwrap();
-    let limiter = RateLimiter::builder().redis(client).build().unwrap();
-    limiter.breaker().unwrap().force_open();
     let s = Subject::user("u");
     metrics::with_local_recorder(&recorder, || {
+        let limiter = RateLimiter::builder().redis(client).build().unwrap();
+        limiter.breaker().unwrap().force_open();
         for _ in 0..4 {
             let d = limiter
                 .check(&s, Tier::Free, EndpointClass::Default)
@@ -131,11 +132,13 @@ fn every_metric_name_is_the_documented_one() {
         .build()
         .unwrap();
     let _guard = rt.enter();
-    let limiter = RateLimiter::builder()
-        .redis(client)
-        .max_keys(NonZeroUsize::new(1).unwrap())
-        .build()
-        .unwrap();
+    let limiter = metrics::with_local_recorder(&recorder, || {
+        RateLimiter::builder()
+            .redis(client)
+            .max_keys(NonZeroUsize::new(1).unwrap())
+            .build()
+            .unwrap()
+    });
     limiter.breaker().unwrap().force_open();
     metrics::with_local_recorder(&recorder, || {
         limiter
@@ -146,6 +149,8 @@ fn every_metric_name_is_the_documented_one() {
     let m = take(&snap);
     let mut seen: Vec<&str> = m.iter().map(|(k, _)| k.key().name()).collect();
     seen.sort_unstable();
+    // Each decision counter (one per tier and result) is registered when the limiter is built.
+    seen.dedup();
     assert_eq!(
         seen,
         [
