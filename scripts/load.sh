@@ -8,6 +8,7 @@
 #
 #   scripts/load.sh               # 10 s a run, 32 connections, 2 wrk threads
 #   DURATION=30s CONNECTIONS=64 scripts/load.sh
+#   REDIS_URL= scripts/load.sh    # without Redis: in-memory cache, in-process limits
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/unite/target}"
@@ -34,8 +35,12 @@ db="${DATABASE_URL##*/}"
 psql "${DATABASE_URL%/*}/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
   || psql "${DATABASE_URL%/*}/postgres" -qc "CREATE DATABASE \"$db\""
 
-cargo build --release -p unite-hub --locked -q
-bin="$CARGO_TARGET_DIR/release/unite-hub"
+# UNITE_HUB_BIN runs a binary built otherwise (e.g. with frame pointers, for a profiler).
+bin="${UNITE_HUB_BIN:-}"
+if [ -z "$bin" ]; then
+  cargo build --release -p unite-hub --locked -q
+  bin="$CARGO_TARGET_DIR/release/unite-hub"
+fi
 "$bin" seed --users 3 --contacts 10 >/dev/null
 "$bin" serve > /tmp/unite-hub-load.$$.log 2>&1 &
 pid=$!

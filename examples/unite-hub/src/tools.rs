@@ -144,7 +144,12 @@ async fn check_redis(url: &str, config: &Config, lines: &mut Vec<CheckLine>) {
         elapsed: start.elapsed(),
         detail: format!("{} ({tls})", unite_telemetry::redact_url(url)),
     });
-    let key = format!("{}check:{}", config.cache_namespace, rand::random::<u64>());
+    // One hash tag for both keys: the two-key DEL below stays in one slot on Redis Cluster.
+    let key = format!(
+        "{}check:{{{}}}",
+        config.cache_namespace,
+        rand::random::<u64>()
+    );
     let counter = format!("{key}:n");
     step(
         lines,
