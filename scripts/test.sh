@@ -14,4 +14,4 @@ scripts/tools.sh
 cargo test --workspace --all-targets --locked
 cargo test --workspace --doc --locked
 # Tests behind non-default features (the workspace run above uses default features).
-cargo test -p unite-hotkey --features cluster --test cluster --locked
+cargo test -p unite-hotkey --features cluster --test cluster --test cluster_redis_cluster --locked
