@@ -60,6 +60,9 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// `REDIS_TIMEOUT`.
     pub redis_timeout: Duration,
+    /// `REDIS_CA_FILE`: the CA (PEM) that signs the Redis server's certificate, for `rediss://`
+    /// (verified, host name included). Unset: the system's roots.
+    pub redis_ca_file: Option<PathBuf>,
     /// `ADMIN_TOKEN`.
     pub admin_token: String,
     /// `CACHE_NAMESPACE`.
@@ -335,6 +338,23 @@ impl Config {
             }
         }
         let redis_timeout = r.duration("REDIS_TIMEOUT", Duration::from_millis(250));
+        let redis_ca_file = r.raw("REDIS_CA_FILE").map(PathBuf::from);
+        if let Some(path) = redis_ca_file.as_ref().filter(|p| !p.is_file()) {
+            let reason = format!(
+                "{} is not a readable file",
+                shown_value(&path.to_string_lossy())
+            );
+            r.bad("REDIS_CA_FILE", reason);
+        } else if redis_ca_file.is_some()
+            && !redis_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("rediss"))
+        {
+            r.bad(
+                "REDIS_CA_FILE",
+                "is set but REDIS_URL is not rediss:// (TLS): set both or neither",
+            );
+        }
         let admin_token = r.required("ADMIN_TOKEN");
         if !admin_token.is_empty() && admin_token.len() < 16 {
             r.bad("ADMIN_TOKEN", "must be at least 16 characters");
@@ -399,6 +419,7 @@ impl Config {
             database_replica_max_lag,
             redis_url,
             redis_timeout,
+            redis_ca_file,
             admin_token,
             cache_namespace,
             cache_ttl,
@@ -472,6 +493,13 @@ impl Config {
                     .unwrap_or_default()
             ),
             format!("REDIS_TIMEOUT={}", d(self.redis_timeout)),
+            format!(
+                "REDIS_CA_FILE={}",
+                self.redis_ca_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ),
             "ADMIN_TOKEN=***".to_owned(),
             format!("CACHE_NAMESPACE={}", self.cache_namespace),
             format!("CACHE_TTL={}", d(self.cache_ttl)),
@@ -568,6 +596,18 @@ mod tests {
         assert_eq!(
             problems(&[("DATABASE_POOL_MIN", "20"), ("DATABASE_POOL_MAX", "4")]),
             ["DATABASE_POOL_MIN"]
+        );
+        assert_eq!(
+            problems(&[("REDIS_CA_FILE", "/nonexistent/ca.pem")]),
+            ["REDIS_CA_FILE"]
+        );
+        // A CA for Redis without TLS to Redis is a mistake, named.
+        assert_eq!(
+            problems(&[
+                ("REDIS_URL", "redis://127.0.0.1:6379"),
+                ("REDIS_CA_FILE", "Cargo.toml")
+            ]),
+            ["REDIS_CA_FILE"]
         );
         assert_eq!(
             problems(&[("DATABASE_CONNECT_TIMEOUT", "soon")]),

@@ -89,7 +89,7 @@ impl AppState {
             .command_timeout(config.redis_timeout)
             .hotkeys(hotkeys.clone());
         if let Some(url) = &config.redis_url {
-            cache = cache.redis_url(url.clone());
+            cache = cache.redis_config(redis_config(url, &config)?);
         }
         let cache = cache.build().await.context("building the cache")?;
 
@@ -148,11 +148,61 @@ pub fn pool_config(config: &Config) -> anyhow::Result<PoolConfig> {
     Ok(pc)
 }
 
-/// A Redis client that fails commands fast and reconnects by itself.
-pub async fn redis_client(url: &str, config: &Config) -> anyhow::Result<fred::clients::Client> {
-    use fred::prelude::*;
+/// fred's configuration for `url`, with `REDIS_CA_FILE` as the only trusted root when set.
+pub fn redis_config(url: &str, config: &Config) -> anyhow::Result<fred::types::config::Config> {
     let mut redis_config = fred::types::config::Config::from_url(url)
         .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
+    if let (Some(ca), Some(tls)) = (&config.redis_ca_file, redis_config.tls.as_mut()) {
+        tls.connector = rustls_connector(ca)?;
+    }
+    Ok(redis_config)
+}
+
+/// A rustls connector (TLS 1.2 and 1.3) that trusts only the CA certificates in `ca`.
+fn rustls_connector(ca: &std::path::Path) -> anyhow::Result<fred::types::config::TlsConnector> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)
+        .with_context(|| format!("REDIS_CA_FILE: reading {}", ca.display()))?
+    {
+        let cert = cert.with_context(|| format!("REDIS_CA_FILE: {} is not PEM", ca.display()))?;
+        roots
+            .add(cert)
+            .with_context(|| format!("REDIS_CA_FILE: a certificate in {}", ca.display()))?;
+    }
+    if roots.is_empty() {
+        anyhow::bail!("REDIS_CA_FILE: {} holds no certificate", ca.display());
+    }
+    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("REDIS_CA_FILE: TLS protocol versions")?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(client.into())
+}
+
+/// Whether a Redis connection error is TLS refusing the server (unknown CA, wrong name,
+/// protocol), as opposed to Redis being down: a misconfiguration, not an outage.
+fn is_tls_refusal(e: &fred::error::Error) -> bool {
+    if *e.kind() == fred::error::ErrorKind::Tls {
+        return true;
+    }
+    let text = e.details().to_ascii_lowercase();
+    ["certificate", "handshake", "tls", "ssl", "protocolversion"]
+        .iter()
+        .any(|word| text.contains(word))
+}
+
+/// A Redis client that fails commands fast and reconnects by itself.
+///
+/// Redis down at start makes the service degraded, not dead; a TLS refusal (unknown CA, a host
+/// name the certificate does not hold) is a misconfiguration and stops the start with the reason.
+pub async fn redis_client(url: &str, config: &Config) -> anyhow::Result<fred::clients::Client> {
+    use fred::prelude::*;
+    let mut redis_config = redis_config(url, config)?;
     redis_config.fail_fast = true;
     let timeout = config.redis_timeout;
     let client = Builder::from_config(redis_config)
@@ -164,11 +214,16 @@ pub async fn redis_client(url: &str, config: &Config) -> anyhow::Result<fred::cl
         .set_policy(ReconnectPolicy::new_constant(0, 500))
         .build()
         .map_err(|e| anyhow::anyhow!("REDIS_URL: {e}"))?;
-    // Connect in the background: a Redis that is down at start makes the service degraded,
-    // not dead.
-    let _connection = client.init().await.map_err(|e| {
+    if let Err(e) = client.init().await {
+        if is_tls_refusal(&e) {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.quit()).await;
+            anyhow::bail!(
+                "REDIS_URL: the TLS connection to Redis was refused: {e} \
+                 (check REDIS_CA_FILE and that the host name in REDIS_URL is in the server's certificate)"
+            );
+        }
         tracing::warn!(error = %e, "Redis did not answer at start; running degraded");
-    });
+    }
     Ok(client)
 }
 
