@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Soak test of the example service (issue #11): 1,000 concurrent connections for 60 s against
+# the cached session validation (GET /api/sessions/validate), on loopback only. The goal is
+# 0 errors: no socket error, no timeout, no non-2xx answer. Not part of `cargo test` (it takes a
+# minute and a release build); run it by hand:
+#
+#   scripts/soak.sh                                  # 1,000 connections, 60 s, 2 wrk threads
+#   CONNECTIONS=200 DURATION=20s scripts/soak.sh
+#   UNITE_HUB_BIN=/path/to/release/unite-hub scripts/soak.sh   # skip the release build
+#
+# Needs wrk (installed from the OS packages when missing) and the local services (started by
+# scripts/services.sh). Exits non-zero when any request failed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/unite/target}"
+DURATION="${DURATION:-60s}"
+CONNECTIONS="${CONNECTIONS:-1000}"
+THREADS="${THREADS:-2}"
+# 1,000 client sockets and 1,000 server sockets in one shell's children: 65536 descriptors,
+# or the hard limit when it is lower (a container's); refuse to run with too few.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((CONNECTIONS + 1024)) ]; then
+  echo "soak: open-file limit $(ulimit -n) is too low for $CONNECTIONS connections" >&2
+  exit 1
+fi
+
+if ! command -v wrk >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wrk >/dev/null
+fi
+scripts/services.sh up >/dev/null
+
+export DATABASE_URL="${LOAD_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/unite_hub_load}"
+export REDIS_URL="${REDIS_URL-redis://127.0.0.1:6379}"
+export ADMIN_TOKEN="soak-test-admin-token-$RANDOM$RANDOM"
+export CACHE_NAMESPACE="unite-hub-soak:"
+export LOG_FORMAT=json RUST_LOG=warn WARM_ON_START=false
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+export BIND_ADDR="127.0.0.1:$port"
+base="http://$BIND_ADDR"
+
+db="${DATABASE_URL##*/}"
+psql "${DATABASE_URL%/*}/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
+  || psql "${DATABASE_URL%/*}/postgres" -qc "CREATE DATABASE \"$db\""
+
+bin="${UNITE_HUB_BIN:-}"
+if [ -z "$bin" ]; then
+  cargo build --release -p unite-hub --locked -q
+  bin="$CARGO_TARGET_DIR/release/unite-hub"
+fi
+"$bin" seed --users 3 --contacts 10 >/dev/null
+log=/tmp/unite-hub-soak.$$.log
+"$bin" serve > "$log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true; rm -f "$log" "${lua:-}"' EXIT
+for _ in $(seq 100); do curl -sf "$base/api/health" >/dev/null && break; sleep 0.1; done
+
+# An enterprise user, and a quota override so the limiter (still consulted on every request)
+# does not cap the run.
+token=$(curl -sf -X POST "$base/api/sessions" -H 'content-type: application/json' \
+  -d '{"email":"demo3@example.com","password":"demo-password"}' | sed 's/.*"token":"\([^"]*\)".*/\1/')
+user_id=$(curl -sf "$base/api/sessions/validate" -H "authorization: Bearer $token" | sed 's/.*"user_id":\([0-9]*\).*/\1/')
+curl -sf -X PUT "$base/api/admin/ratelimit/overrides" -H "authorization: Bearer $ADMIN_TOKEN" \
+  -H 'content-type: application/json' \
+  -d "{\"subject\":\"user:$user_id\",\"rule\":{\"kind\":\"quota\",\"default\":{\"limit\":10000000,\"window_s\":60}}}" >/dev/null \
+  || { echo "soak: could not set the quota override" >&2; exit 1; }
+
+lua=$(mktemp); cat > "$lua" <<LUA
+wrk.headers["authorization"] = "Bearer $token"
+LUA
+
+echo "== soak: GET /api/sessions/validate, $CONNECTIONS connections, $DURATION, $THREADS wrk threads"
+# wrk's own timeout (2 s by default) counts a slow answer as an error: 10 s bounds hanging only.
+out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --timeout 10s --latency -s "$lua" "$base/api/sessions/validate")
+echo "$out"
+non2xx=$(echo "$out" | sed -n 's/.*Non-2xx or 3xx responses: \([0-9]*\).*/\1/p')
+socket=$(echo "$out" | sed -n 's/.*Socket errors: \(.*\)$/\1/p')
+requests=$(echo "$out" | sed -n 's/^[[:space:]]*\([0-9]*\) requests in.*/\1/p')
+kill -0 "$pid" 2>/dev/null || { echo "soak: the service died; log:" >&2; tail -20 "$log" >&2; exit 1; }
+
+echo
+echo "summary:"
+echo "  requests:        ${requests:-?}"
+echo "  non-2xx:         ${non2xx:-0}"
+echo "  socket errors:   ${socket:-none}"
+if [ -n "$non2xx" ] && [ "$non2xx" != 0 ] || [ -n "$socket" ]; then
+  echo "soak: FAILED (goal: 0 errors)" >&2
+  exit 1
+fi
+echo "soak: ok (0 errors)"
