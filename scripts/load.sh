@@ -42,9 +42,10 @@ if [ -z "$bin" ]; then
   bin="$CARGO_TARGET_DIR/release/unite-hub"
 fi
 "$bin" seed --users 3 --contacts 10 >/dev/null
-"$bin" serve > /tmp/unite-hub-load.$$.log 2>&1 &
+log=$(mktemp)
+"$bin" serve > "$log" 2>&1 &
 pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true; rm -f /tmp/unite-hub-load.$$.log' EXIT
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 100); do curl -sf "$base/api/health" >/dev/null && break; sleep 0.1; done
 
 # An enterprise user (10,000 a minute) and a quota override so the limiter does not cap the run:

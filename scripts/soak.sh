@@ -49,7 +49,7 @@ if [ -z "$bin" ]; then
   bin="$CARGO_TARGET_DIR/release/unite-hub"
 fi
 "$bin" seed --users 3 --contacts 10 >/dev/null
-log=/tmp/unite-hub-soak.$$.log
+log=$(mktemp)
 "$bin" serve > "$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true; rm -f "$log" "${lua:-}"' EXIT

@@ -310,8 +310,12 @@ impl<'a> Writer<'a> {
     {
         let session = self.tracking();
         let result = self.pool.primary().transaction(f, session.is_some()).await;
-        if let (Some(session), Ok((_, lsn))) = (session, &result) {
-            session.record(*lsn);
+        match (session, &result) {
+            (Some(session), Ok((_, lsn))) => session.record(*lsn),
+            // `E` may hide a lost COMMIT reply (the commit may have happened): wait out the
+            // read-your-writes window rather than risk a stale read.
+            (Some(session), Err(_)) => session.record(None),
+            (None, _) => {}
         }
         result.map(|(value, _)| value)
     }

@@ -353,7 +353,10 @@ impl Monitor {
         if primary.is_some_and(|p| replay >= p) {
             return Some(Duration::ZERO);
         }
-        let seen_behind = primary.and_then(|_| {
+        // Only when the history reaches back to the replica's position: otherwise the oldest
+        // sample would date the replica's whole backlog to when the monitor started.
+        let covered = self.samples.front().is_some_and(|(lsn, _)| *lsn <= replay);
+        let seen_behind = primary.filter(|_| covered).and_then(|_| {
             self.samples
                 .iter()
                 .find(|(lsn, _)| *lsn > replay)
@@ -444,6 +447,15 @@ mod tests {
             m.lag(&probe, Some(lsn(300)), now),
             Some(Duration::from_millis(5))
         );
+        // History that starts past the replica's position cannot date its backlog: only the
+        // time lag is used.
+        let short = monitor_with(&[(200, now - Duration::from_millis(10))]);
+        let probe_old = Probe {
+            in_recovery: true,
+            replay_lsn: Some(lsn(150)),
+            time_lag: None,
+        };
+        assert_eq!(short.lag(&probe_old, Some(lsn(200)), now), None);
         // Without the primary's position only the time lag is known.
         assert_eq!(m.lag(&probe, None, now), Some(Duration::from_millis(5)));
         let probe = Probe {

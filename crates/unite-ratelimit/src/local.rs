@@ -532,6 +532,10 @@ impl<C: GovernorClock + Clone> LocalLimiter<C> {
             self.penalties.shrink_to_fit();
             if self.penalties.is_empty() {
                 self.has_penalties.store(false, Ordering::Release);
+                // A decision may have recorded a penalty between the check and the store.
+                if !self.penalties.is_empty() {
+                    self.has_penalties.store(true, Ordering::Release);
+                }
             }
         }
         let extra = self.extra_active.load(Ordering::Relaxed);

@@ -55,7 +55,7 @@ fn decisions_and_penalties_are_counted() {
         // Built under the recorder: the limiter registers its decision counters then.
         let limiter = RateLimiter::builder()
             .tier(Tier::Public, TierQuotas::new(one, one))
-            // A tiny cap sweeps after every decision, so the gauge is current.
+            // A tiny cap sweeps after every new key or penalty state, so the gauge is current.
             .max_keys(NonZeroUsize::new(8).unwrap())
             .clock(Arc::new(ManualClock::new()))
             .build()

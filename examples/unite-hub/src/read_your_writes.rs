@@ -24,7 +24,11 @@ pub fn position_key(user_id: i64) -> String {
 /// How long a position is kept: well past the point where any replica still in rotation
 /// (lag within `DATABASE_REPLICA_MAX_LAG`) has replayed it.
 fn position_ttl(state: &AppState) -> Duration {
-    (state.config.database_replica_max_lag * 2).max(Duration::from_secs(60))
+    state
+        .config
+        .database_replica_max_lag
+        .saturating_mul(2)
+        .max(Duration::from_secs(60))
 }
 
 /// A session for one of `user_id`'s requests: its reads see every write the user made
