@@ -155,7 +155,12 @@ proptest! {
     #[test]
     fn a_chain_of_trusted_proxies_yields_the_rightmost_untrusted_hop(
         forged in proptest::collection::vec(ip(), 0..3),
-        client in any::<u32>().prop_map(|n| IpAddr::V4(Ipv4Addr::from(n))),
+        // Any address outside 10/8 (the trusted proxies): 10.x.y.z is moved to 11.x.y.z rather
+        // than rejected, so a long run never stops on proptest's limit of rejected cases.
+        client in any::<u32>().prop_map(|n| {
+            let n = if n >> 24 == 10 { n ^ (1 << 24) } else { n };
+            IpAddr::V4(Ipv4Addr::from(n))
+        }),
         proxies in proptest::collection::vec((0u8..4, any::<u8>()), 0..4),
         use_forwarded in any::<bool>(),
     ) {
@@ -163,7 +168,7 @@ proptest! {
         // address they saw: that one is the answer.
         let ten = IpNet::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0)), 8)
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
-        prop_assume!(!ten.contains(&client));
+        prop_assert!(!ten.contains(&client));
         let trusted = TrustedProxies::new([ten]);
         let mut hops: Vec<IpAddr> = forged;
         hops.push(client);
