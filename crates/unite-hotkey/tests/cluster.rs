@@ -9,9 +9,13 @@ use unite_hotkey::cluster::{ClusterConfig, ClusterHotKey, ClusterView};
 use unite_hotkey::{HotKeyDetector, ManualClock};
 use unite_testkit::TestRedis;
 
+/// A wide sketch and a fixed seed: the test's few keys never share buckets, so its counts are
+/// exact and repeatable (with a random seed a collision could, rarely, lose one).
 fn detector() -> HotKeyDetector {
     HotKeyDetector::builder()
         .clock(ManualClock::new())
+        .width(1 << 16)
+        .hash_seed(0x5eed_0001)
         .build()
         .expect("valid configuration")
 }
