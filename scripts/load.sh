@@ -16,51 +16,9 @@ DURATION="${DURATION:-10s}"
 CONNECTIONS="${CONNECTIONS:-32}"
 THREADS="${THREADS:-2}"
 
-if ! command -v wrk >/dev/null 2>&1; then
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wrk >/dev/null
-fi
-scripts/services.sh up >/dev/null
-
-export DATABASE_URL="${LOAD_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/unite_hub_load}"
-export REDIS_URL="${REDIS_URL-redis://127.0.0.1:6379}"
-export ADMIN_TOKEN="load-test-admin-token-$RANDOM$RANDOM"
-export CACHE_NAMESPACE="unite-hub-load:"
-export LOG_FORMAT=json RUST_LOG=warn WARM_ON_START=false
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-export BIND_ADDR="127.0.0.1:$port"
-base="http://$BIND_ADDR"
-
-db="${DATABASE_URL##*/}"
-psql "${DATABASE_URL%/*}/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
-  || psql "${DATABASE_URL%/*}/postgres" -qc "CREATE DATABASE \"$db\""
-
-# UNITE_HUB_BIN runs a binary built otherwise (e.g. with frame pointers, for a profiler).
-bin="${UNITE_HUB_BIN:-}"
-if [ -z "$bin" ]; then
-  cargo build --release -p unite-hub --locked -q
-  bin="$CARGO_TARGET_DIR/release/unite-hub"
-fi
-"$bin" seed --users 3 --contacts 10 >/dev/null
-log=$(mktemp)
-"$bin" serve > "$log" 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true; rm -f "$log"' EXIT
-for _ in $(seq 100); do curl -sf "$base/api/health" >/dev/null && break; sleep 0.1; done
-
-# An enterprise user (10,000 a minute) and a quota override so the limiter does not cap the run:
-# the limiter is still consulted on every request.
-token=$(curl -sf -X POST "$base/api/sessions" -H 'content-type: application/json' \
-  -d '{"email":"demo3@example.com","password":"demo-password"}' | sed 's/.*"token":"\([^"]*\)".*/\1/')
-user_id=$(curl -sf "$base/api/sessions/validate" -H "authorization: Bearer $token" | sed 's/.*"user_id":\([0-9]*\).*/\1/')
-curl -sf -X PUT "$base/api/admin/ratelimit/overrides" -H "authorization: Bearer $ADMIN_TOKEN" \
-  -H 'content-type: application/json' \
-  -d "{\"subject\":\"user:$user_id\",\"rule\":{\"kind\":\"quota\",\"default\":{\"limit\":10000000,\"window_s\":60}}}" >/dev/null \
-  || { echo "load: could not set the quota override" >&2; exit 1; }
-
-lua=$(mktemp); cat > "$lua" <<LUA
-wrk.headers["authorization"] = "Bearer $token"
-LUA
+# shellcheck source=scripts/lib/hub-under-load.sh
+. scripts/lib/hub-under-load.sh
+start_hub_for_load load
 rps() { sed -n 's/^Requests\/sec:[[:space:]]*\([0-9.]*\).*/\1/p'; }
 
 echo "== bare route (no middleware): GET /bench/bare, $CONNECTIONS connections, $DURATION"
@@ -82,7 +40,6 @@ echo "== cached session validation at about half the maximum rate (~${half%.*} r
 paced=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$lua" "$base/api/sessions/validate")
 echo "$paced" | sed -n '/Latency Distribution/,/Requests\/sec/p'
 p99=$(echo "$paced" | sed -n 's/^[[:space:]]*99%[[:space:]]*\(.*\)$/\1/p')
-rm -f "$lua"
 
 echo
 echo "summary:"

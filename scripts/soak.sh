@@ -24,50 +24,9 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((CONNECTIONS + 1024
   exit 1
 fi
 
-if ! command -v wrk >/dev/null 2>&1; then
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq wrk >/dev/null
-fi
-scripts/services.sh up >/dev/null
-
-export DATABASE_URL="${LOAD_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/unite_hub_load}"
-export REDIS_URL="${REDIS_URL-redis://127.0.0.1:6379}"
-export ADMIN_TOKEN="soak-test-admin-token-$RANDOM$RANDOM"
-export CACHE_NAMESPACE="unite-hub-soak:"
-export LOG_FORMAT=json RUST_LOG=warn WARM_ON_START=false
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-export BIND_ADDR="127.0.0.1:$port"
-base="http://$BIND_ADDR"
-
-db="${DATABASE_URL##*/}"
-psql "${DATABASE_URL%/*}/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
-  || psql "${DATABASE_URL%/*}/postgres" -qc "CREATE DATABASE \"$db\""
-
-bin="${UNITE_HUB_BIN:-}"
-if [ -z "$bin" ]; then
-  cargo build --release -p unite-hub --locked -q
-  bin="$CARGO_TARGET_DIR/release/unite-hub"
-fi
-"$bin" seed --users 3 --contacts 10 >/dev/null
-log=$(mktemp)
-"$bin" serve > "$log" 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null || true; rm -f "$log" "${lua:-}"' EXIT
-for _ in $(seq 100); do curl -sf "$base/api/health" >/dev/null && break; sleep 0.1; done
-
-# An enterprise user, and a quota override so the limiter (still consulted on every request)
-# does not cap the run.
-token=$(curl -sf -X POST "$base/api/sessions" -H 'content-type: application/json' \
-  -d '{"email":"demo3@example.com","password":"demo-password"}' | sed 's/.*"token":"\([^"]*\)".*/\1/')
-user_id=$(curl -sf "$base/api/sessions/validate" -H "authorization: Bearer $token" | sed 's/.*"user_id":\([0-9]*\).*/\1/')
-curl -sf -X PUT "$base/api/admin/ratelimit/overrides" -H "authorization: Bearer $ADMIN_TOKEN" \
-  -H 'content-type: application/json' \
-  -d "{\"subject\":\"user:$user_id\",\"rule\":{\"kind\":\"quota\",\"default\":{\"limit\":10000000,\"window_s\":60}}}" >/dev/null \
-  || { echo "soak: could not set the quota override" >&2; exit 1; }
-
-lua=$(mktemp); cat > "$lua" <<LUA
-wrk.headers["authorization"] = "Bearer $token"
-LUA
+# shellcheck source=scripts/lib/hub-under-load.sh
+. scripts/lib/hub-under-load.sh
+start_hub_for_load soak
 
 echo "== soak: GET /api/sessions/validate, $CONNECTIONS connections, $DURATION, $THREADS wrk threads"
 # wrk's own timeout (2 s by default) counts a slow answer as an error: 10 s bounds hanging only.
