@@ -137,7 +137,7 @@ fn shared(c: &mut Criterion) {
     let _: String = rt
         .block_on(client.script_load::<String, _>(unite_ratelimit::GCRA_SCRIPT))
         .unwrap();
-    let raw_keys: Vec<[String; 2]> = {
+    let raw_keys: Vec<String> = {
         let gcra = unite_ratelimit::RedisGcra::new(
             client.clone(),
             format!("{}raw:", redis.prefix()),
@@ -145,7 +145,7 @@ fn shared(c: &mut Criterion) {
         );
         subjects
             .iter()
-            .map(|s| gcra.keys(s, EndpointClass::Default))
+            .map(|s| gcra.key(s, EndpointClass::Default))
             .collect()
     };
     let args: Vec<i64> = vec![1, 1_000_000, 1_000_000, 600_000_000, 60_000_000, 0, -1];
@@ -153,7 +153,7 @@ fn shared(c: &mut Criterion) {
     group.bench_function("fred_evalsha_gcra_script", |b| {
         b.to_async(&rt).iter(|| {
             i = (i + 1) % raw_keys.len();
-            let keys = raw_keys[i].to_vec();
+            let keys = raw_keys[i].as_str();
             let args = args.clone();
             let client = &client;
             let sha = gcra_sha.as_str();

@@ -5,13 +5,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::clients::{Client, WithOptions};
-use fred::interfaces::{ClientLike, KeysInterface, LuaInterface};
+use fred::interfaces::{ClientLike, LuaInterface};
 use fred::types::config::Options;
 
 use crate::{Decision, DecisionSource, EndpointClass, Error, PenaltyConfig, Quota, Subject, Tier};
 
 /// The decision script (GCRA with escalating penalties). Its SHA-1 is what `EVALSHA` sends.
 pub const GCRA_SCRIPT: &str = include_str!("lua/gcra.lua");
+
+/// Strips the penalty streak from a key's state and keeps its arrival time (and its TTL).
+const FORGIVE_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
+    if v then local tat = string.match(v, '^(%d+):') \
+    if tat then redis.call('SET', KEYS[1], tat, 'KEEPTTL') end end";
 
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
@@ -85,13 +90,11 @@ impl RedisGcra {
         }
     }
 
-    /// The two keys the script touches for `subject` in `class`: the GCRA state and the
-    /// penalty state. Both carry the hash tag `{<class>:<subject>}`, so they live in one
-    /// cluster slot.
+    /// The key holding the state of `subject` in `class`: its GCRA arrival time and, after a
+    /// violation, its penalty streak. It carries the hash tag `{<class>:<subject>}`.
     #[must_use]
-    pub fn keys(&self, subject: &Subject, class: EndpointClass) -> [String; 2] {
-        let tag = format!("{}{{{class}:{subject}}}", self.prefix);
-        [format!("{tag}:gcra"), format!("{tag}:pen")]
+    pub fn key(&self, subject: &Subject, class: EndpointClass) -> String {
+        format!("{}{{{class}:{subject}}}:gcra", self.prefix)
     }
 
     /// Decides one request against the shared budget.
@@ -113,13 +116,13 @@ impl RedisGcra {
         penalty: &PenaltyConfig,
         at: Option<Duration>,
     ) -> Result<Decision, Error> {
-        let keys = self.keys(subject, class);
+        let key = self.key(subject, class);
         let (base, max) = if penalty.enabled {
             (micros(penalty.base).max(1), micros(penalty.max).max(1))
         } else {
             (0, 0)
         };
-        let args: Vec<i64> = vec![
+        let args = [
             i64::try_from(quota.emission_micros()).unwrap_or(i64::MAX),
             i64::from(quota.burst().get()),
             base,
@@ -129,10 +132,10 @@ impl RedisGcra {
             at.map_or(-1, micros),
         ];
         let call = async {
-            let keys = Vec::from(keys);
+            // The key is cloned only for the rare retry after NOSCRIPT.
             match self
                 .client
-                .evalsha::<Vec<i64>, _, _, _>(&*self.sha, keys.clone(), args.clone())
+                .evalsha::<Vec<i64>, _, _, _>(&*self.sha, key.as_str(), args.to_vec())
                 .await
             {
                 Err(e) if e.details().starts_with("NOSCRIPT") => {
@@ -140,7 +143,7 @@ impl RedisGcra {
                         .script_load_cluster::<(), _>(GCRA_SCRIPT)
                         .await?;
                     self.client
-                        .evalsha::<Vec<i64>, _, _, _>(&*self.sha, keys, args)
+                        .evalsha::<Vec<i64>, _, _, _>(&*self.sha, key.as_str(), args.to_vec())
                         .await
                 }
                 other => other,
@@ -173,18 +176,19 @@ impl RedisGcra {
         })
     }
 
-    /// Deletes the penalty state of `subject` in every class (strikes and blocks).
+    /// Clears the penalty streak of `subject` in every class (strikes and blocks); the budget
+    /// already spent stays spent.
     ///
     /// # Errors
     /// [`Error::Redis`] or [`Error::Timeout`].
     pub async fn forgive(&self, subject: &Subject) -> Result<(), Error> {
         for class in EndpointClass::ALL {
-            let [_, pen] = self.keys(subject, class);
-            let del = self.client.del::<i64, _>(pen);
-            match tokio::time::timeout(self.timeout, del).await {
-                Ok(r) => {
-                    r?;
-                }
+            // One key per call, so each call stays within one cluster slot.
+            let strip = self
+                .client
+                .eval::<(), _, _, _>(FORGIVE_SCRIPT, self.key(subject, class), Vec::<i64>::new());
+            match tokio::time::timeout(self.timeout, strip).await {
+                Ok(r) => r?,
                 Err(_) => return Err(Error::Timeout(self.timeout)),
             }
         }

@@ -129,11 +129,51 @@ async fn penalties_grow_cap_and_decay_in_the_script() {
     assert!(d.allowed);
     assert_eq!(d.strikes, 0);
 
-    // Both keys share one hash tag.
-    let [gcra_key, pen_key] = gcra.keys(&s, EndpointClass::Default);
-    let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_owned();
-    assert_eq!(tag(&gcra_key), tag(&pen_key));
-    assert!(gcra_key.starts_with(redis.prefix()));
+    // One key, under a hash tag naming the class and the subject.
+    let key = gcra.key(&s, EndpointClass::Default);
+    assert!(key.starts_with(redis.prefix()), "{key}");
+    assert!(key.contains("{default:"), "{key}");
+}
+
+#[tokio::test]
+async fn a_state_the_script_did_not_write_starts_afresh_and_a_streak_outlives_its_budget() {
+    let redis = TestRedis::new().await;
+    let client = redis.client();
+    let gcra = RedisGcra::new(client.clone(), redis.prefix(), Duration::from_secs(5));
+    let s = Subject::Ip("192.0.2.12".parse().unwrap());
+    let key = gcra.key(&s, EndpointClass::Default);
+    let quota = Quota::per_second(nz(1));
+    let penalty = PenaltyConfig::default();
+    let check = || {
+        gcra.check(
+            &s,
+            Tier::Public,
+            EndpointClass::Default,
+            quota,
+            "default",
+            &penalty,
+            None,
+        )
+    };
+    for junk in ["", "not a number", "1:2", "-5", "12:x:3:4", "1e30"] {
+        let _: () = client.set(&key, junk, None, None, false).await.unwrap();
+        let d = check().await.unwrap_or_else(|e| panic!("{junk:?}: {e}"));
+        assert!(d.allowed, "{junk:?} reads as a fresh key: {d:?}");
+        let stored: String = client.get(&key).await.unwrap();
+        assert!(stored.parse::<u64>().is_ok(), "{junk:?} replaced by {stored:?}");
+    }
+    // A violation: the value now carries the streak, and the key lives as long as the streak
+    // can matter (60 s decay per strike), not just as long as the 1 s budget.
+    let d = check().await.unwrap();
+    assert!(!d.allowed && d.strikes == 1, "{d:?}");
+    let stored: String = client.get(&key).await.unwrap();
+    assert_eq!(stored.split(':').count(), 4, "{stored}");
+    let ttl: i64 = client.pttl(&key).await.unwrap();
+    assert!(ttl > 50_000, "the streak's key expires in {ttl} ms");
+    // Forgiving strips the streak and keeps the arrival time.
+    gcra.forgive(&s).await.unwrap();
+    let after: String = client.get(&key).await.unwrap();
+    assert_eq!(Some(after.as_str()), stored.split(':').next());
 }
 
 #[tokio::test]

@@ -51,10 +51,13 @@ async fn client(config: Config) -> Client {
 
 /// The GCRA state (theoretical arrival time, µs) of `subject` on the server of `redis`.
 async fn tat(redis: &Client, subject: &Subject) -> i64 {
-    let [key, _] = RedisGcra::new(redis.clone(), PREFIX, Duration::from_secs(5))
-        .keys(subject, EndpointClass::Default);
+    let key = RedisGcra::new(redis.clone(), PREFIX, Duration::from_secs(5))
+        .key(subject, EndpointClass::Default);
     let v: Option<String> = redis.get(key).await.expect("GET the GCRA state");
     v.expect("the GCRA state exists")
+        .split(':')
+        .next()
+        .expect("split yields a first part")
         .parse()
         .expect("an integer")
 }
