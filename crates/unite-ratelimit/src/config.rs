@@ -562,6 +562,19 @@ pub struct SharedConfig {
     /// 250 ms.
     #[serde(rename = "override_refresh_ms", with = "duration_ms")]
     pub override_refresh: Duration,
+    /// The most decisions one round trip may reserve for this instance. Default 1: every
+    /// decision is one round trip, and instances share each budget exactly.
+    ///
+    /// Above 1, a key this instance decides often reserves several decisions at once (the
+    /// reservation doubles while it is spent within `reserve_for`, halves when it lapses, and
+    /// never exceeds 1/16 of the quota's burst) and spends them without a round trip. The
+    /// instances together still never allow more than the quota; what a reservation leaves
+    /// unspent when it lapses is lost, so a key may get up to this many decisions fewer per
+    /// instance. Near the limit reservations fall back to one decision a round trip.
+    pub reserve_max: NonZeroU32,
+    /// How long reserved decisions may be spent (1 ms to 1 s). Default 100 ms.
+    #[serde(rename = "reserve_for_ms", with = "duration_ms")]
+    pub reserve_for: Duration,
 }
 
 impl Default for SharedConfig {
@@ -572,6 +585,8 @@ impl Default for SharedConfig {
             expected_instances: NonZeroU32::MIN,
             fail_closed: false,
             override_refresh: Duration::from_millis(250),
+            reserve_max: NonZeroU32::MIN,
+            reserve_for: Duration::from_millis(100),
         }
     }
 }
@@ -649,6 +664,12 @@ impl Config {
             return Err(Error::config(
                 "shared.override_refresh",
                 "must be between 1 ms and 1 s (overrides must reach every instance within a second)",
+            ));
+        }
+        if s.reserve_for < Duration::from_millis(1) || s.reserve_for > Duration::from_secs(1) {
+            return Err(Error::config(
+                "shared.reserve_for",
+                "must be between 1 ms and 1 s",
             ));
         }
         Ok(())

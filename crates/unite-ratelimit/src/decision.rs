@@ -13,6 +13,9 @@ use crate::{EndpointClass, Tier};
 pub enum DecisionSource {
     /// The shared budget in Redis.
     Shared,
+    /// Decisions this instance reserved from the shared budget in an earlier round trip
+    /// (see `SharedConfig::reserve_max`).
+    Reserved,
     /// The in-process limiter of a limiter built without Redis.
     Local,
     /// The in-process limiter at this instance's share of the quota, because Redis was
@@ -25,11 +28,12 @@ pub enum DecisionSource {
 }
 
 impl DecisionSource {
-    /// `shared`, `local`, `fallback`, `override` or `unavailable`.
+    /// `shared`, `reserved`, `local`, `fallback`, `override` or `unavailable`.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
             DecisionSource::Shared => "shared",
+            DecisionSource::Reserved => "reserved",
             DecisionSource::Local => "local",
             DecisionSource::Fallback => "fallback",
             DecisionSource::Override => "override",

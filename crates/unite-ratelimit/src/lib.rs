@@ -9,6 +9,7 @@ mod local;
 pub mod metrics;
 mod middleware;
 mod overrides;
+mod reserve;
 mod shared;
 mod subject;
 

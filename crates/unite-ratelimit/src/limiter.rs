@@ -16,6 +16,7 @@ use unite_breaker::{BreakerSnapshot, CircuitBreaker, Clock, Permit, Window};
 
 use crate::local::AnyLocal;
 use crate::overrides::{OverrideSet, OverrideStore};
+use crate::reserve::{Reservations, Want};
 use crate::{
     Config, Decision, DecisionSource, EndpointClass, Error, Override, OverrideEntry, PenaltyConfig,
     Quota, RedisGcra, Subject, Tier, TierQuotas, Tiers,
@@ -51,6 +52,8 @@ struct Shared {
     version: AtomicI64,
     /// Keys Redis answered "blocked" for, until when: feeds the active-penalty gauge.
     observed_blocks: DashMap<(EndpointClass, Subject), Instant>,
+    /// Decisions reserved from the shared budget; `None` with `reserve_max` 1.
+    reservations: Option<Reservations>,
 }
 
 impl Shared {
@@ -181,6 +184,15 @@ impl Builder {
         self
     }
 
+    /// Lets one round trip reserve up to `max` decisions of a busy key for this instance,
+    /// spent within `lasts` (see [`SharedConfig::reserve_max`](crate::SharedConfig)).
+    /// `max` 1 (the default) is one round trip per decision.
+    pub fn reserve(mut self, max: NonZeroU32, lasts: Duration) -> Self {
+        self.config.shared.reserve_max = max;
+        self.config.shared.reserve_for = lasts;
+        self
+    }
+
     /// The most keys the in-process limiter holds. Default 100 000.
     pub fn max_keys(mut self, max: NonZeroUsize) -> Self {
         self.config.local.max_keys = max;
@@ -236,6 +248,13 @@ impl Builder {
                     breaker,
                     version: AtomicI64::new(-1),
                     observed_blocks: DashMap::new(),
+                    reservations: (s.reserve_max.get() > 1).then(|| {
+                        Reservations::new(
+                            s.reserve_max.get(),
+                            s.reserve_for,
+                            config.local.max_keys.get(),
+                        )
+                    }),
                 })
             }
         };
@@ -296,6 +315,9 @@ async fn refresh_loop(inner: Weak<Inner>, every: Duration) {
         }
         if let Some(shared) = &limiter.inner.shared {
             limiter.inner.local.set_extra_active(shared.active_blocks());
+            if let Some(reservations) = &shared.reservations {
+                reservations.sweep();
+            }
         }
         limiter.inner.local.maintain();
     }
@@ -307,6 +329,8 @@ struct SharedCall {
     quota: Quota,
     custom: Option<Quota>,
     policy: &'static str,
+    /// With reservations: how many decisions to ask for.
+    want: Option<Want>,
 }
 
 /// The future of [`RateLimiter::check`]: already complete unless Redis must be asked.
@@ -360,6 +384,8 @@ pub struct RateLimitStats {
     pub local_resets: u64,
     /// Overrides in the local cache.
     pub overrides: usize,
+    /// Keys holding decisions reserved from the shared budget (`reserve_max` above 1).
+    pub reserved_keys: usize,
     /// The breaker around Redis, in shared mode.
     pub breaker: Option<BreakerSnapshot>,
 }
@@ -492,12 +518,20 @@ impl RateLimiter {
         } else {
             class.as_str()
         };
+        let want = match &shared.reservations {
+            None => None,
+            Some(reservations) => match reservations.take(subject, tier, class, quota, policy) {
+                Ok(reserved) => return Ok(reserved),
+                Err(want) => Some(want),
+            },
+        };
         match shared.breaker.try_acquire() {
             Ok(permit) => Err(SharedCall {
                 permit,
                 quota,
                 custom,
                 policy,
+                want,
             }),
             Err(rejected) => {
                 let error = Error::CircuitOpen {
@@ -524,7 +558,7 @@ impl RateLimiter {
         };
         let r = shared
             .gcra
-            .check(
+            .reserve(
                 subject,
                 tier,
                 class,
@@ -532,11 +566,15 @@ impl RateLimiter {
                 call.policy,
                 &inner.config.penalty,
                 None,
+                call.want.map_or(1, |w| w.0),
             )
             .await;
         match r {
-            Ok(d) => {
+            Ok((d, granted)) => {
                 call.permit.success();
+                if let (Some(reservations), Some(want)) = (&shared.reservations, call.want) {
+                    reservations.granted(subject, call.quota, want, granted, &d);
+                }
                 if d.blocked {
                     shared.observe_block(&d, subject, inner.config.local.max_keys.get());
                 }
@@ -784,6 +822,12 @@ impl RateLimiter {
             local_penalties_active: local.penalties_active,
             local_resets: local.resets,
             overrides: self.inner.overrides.load().len(),
+            reserved_keys: self
+                .inner
+                .shared
+                .as_ref()
+                .and_then(|s| s.reservations.as_ref())
+                .map_or(0, Reservations::len),
             breaker: self.breaker().map(CircuitBreaker::snapshot),
         }
     }

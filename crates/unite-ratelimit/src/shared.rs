@@ -116,6 +116,31 @@ impl RedisGcra {
         penalty: &PenaltyConfig,
         at: Option<Duration>,
     ) -> Result<Decision, Error> {
+        let (decision, _) = self
+            .reserve(subject, tier, class, quota, policy, penalty, at, 1)
+            .await?;
+        Ok(decision)
+    }
+
+    /// Takes up to `want` decisions from the shared budget in one round trip: as many as the
+    /// budget holds, at most `want`. Answers the decision for this request (allowed when at
+    /// least one was granted; its `remaining` counts what is left after all of them) and how
+    /// many were granted. A refusal is a violation like any other, for penalties.
+    ///
+    /// # Errors
+    /// As [`check`](Self::check).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn reserve(
+        &self,
+        subject: &Subject,
+        tier: Tier,
+        class: EndpointClass,
+        quota: Quota,
+        policy: &'static str,
+        penalty: &PenaltyConfig,
+        at: Option<Duration>,
+        want: u32,
+    ) -> Result<(Decision, u32), Error> {
         let key = self.key(subject, class);
         let (base, max) = if penalty.enabled {
             (micros(penalty.base).max(1), micros(penalty.max).max(1))
@@ -130,6 +155,7 @@ impl RedisGcra {
             micros(penalty.decay_after).max(1),
             i64::from(penalty.free_strikes),
             at.map_or(-1, micros),
+            i64::from(want.max(1)),
         ];
         let call = async {
             // The key is cloned only for the rare retry after NOSCRIPT.
@@ -153,14 +179,15 @@ impl RedisGcra {
             Ok(r) => r?,
             Err(_) => return Err(Error::Timeout(self.timeout)),
         };
-        let [allowed, remaining, reset, retry, strikes, blocked] = reply[..] else {
+        let [granted, remaining, reset, retry, strikes, blocked] = reply[..] else {
             return Err(Error::Protocol(format!(
                 "expected 6 integers, got {}",
                 reply.len()
             )));
         };
-        let allowed = allowed == 1;
-        Ok(Decision {
+        let granted = u32::try_from(granted).unwrap_or(0).min(want.max(1));
+        let allowed = granted > 0;
+        let decision = Decision {
             allowed,
             limit: quota.limit().get(),
             window: quota.window(),
@@ -173,7 +200,8 @@ impl RedisGcra {
             source: DecisionSource::Shared,
             strikes: u32::try_from(strikes).unwrap_or(u32::MAX),
             blocked: blocked == 1,
-        })
+        };
+        Ok((decision, granted))
     }
 
     /// Clears the penalty streak of `subject` in every class (strikes and blocks); the budget

@@ -128,3 +128,70 @@ proptest! {
         rt.block_on(run(case))?;
     }
 }
+
+/// A reservation of `n` at one instant grants exactly what `n` single decisions at that
+/// instant would allow (stopping at the first refusal), and leaves the same state behind.
+/// Penalties off: a short grant is not a violation, while the single decision that finds the
+/// budget spent is one.
+async fn run_reserve(case: Case, wants: Vec<u32>) -> Result<(), TestCaseError> {
+    let redis = TestRedis::new().await;
+    let quota = Quota::new(nz(case.limit), Duration::from_millis(case.window_ms))
+        .unwrap()
+        .with_burst(nz(case.burst));
+    let penalty = PenaltyConfig::disabled();
+    let gcra = |name: &str| {
+        RedisGcra::new(
+            redis.client(),
+            format!("{}{name}:", redis.prefix()),
+            Duration::from_secs(5),
+        )
+    };
+    let (reserving, single) = (gcra("r"), gcra("s"));
+    let (tier, class) = (Tier::Public, EndpointClass::Default);
+    let mut at = Duration::from_secs(1_700_000_000);
+    for (i, ((advance_us, client), want)) in case.steps.iter().zip(&wants).enumerate() {
+        at += Duration::from_micros(*advance_us);
+        let subject = Subject::Ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, *client)));
+        let (r, granted) = reserving
+            .reserve(&subject, tier, class, quota, "default", &penalty, Some(at), *want)
+            .await
+            .unwrap();
+        let mut singles = Vec::new();
+        while singles.len() < *want as usize {
+            let d = single
+                .check(&subject, tier, class, quota, "default", &penalty, Some(at))
+                .await
+                .unwrap();
+            let refused = !d.allowed;
+            singles.push(d);
+            if refused {
+                break;
+            }
+        }
+        let allowed: Vec<_> = singles.iter().filter(|d| d.allowed).collect();
+        prop_assert_eq!(granted as usize, allowed.len(), "step {} wanting {}: {:?}", i, want, case);
+        let expect = allowed.last().copied().unwrap_or(&singles[0]);
+        prop_assert_eq!(
+            (r.allowed, r.remaining, r.reset, r.retry_after),
+            (expect.allowed, expect.remaining, expect.reset, expect.retry_after),
+            "step {} wanting {}: {:?}",
+            i,
+            want,
+            case
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn a_reservation_grants_what_single_decisions_would(
+        case in cases(),
+        wants in proptest::collection::vec(1u32..12, 60),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(run_reserve(case, wants))?;
+    }
+}

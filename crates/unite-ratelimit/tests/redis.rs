@@ -419,3 +419,60 @@ async fn the_script_is_reloaded_after_script_flush() {
         .unwrap();
     assert_eq!(exists, [true]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_save_round_trips_and_never_allow_more_than_the_quota_together() {
+    let redis = TestRedis::new().await;
+    // 1,600 per hour: no meaningful refill during the test; the largest reservation is
+    // min(64, 1600 / 16) = 64 decisions.
+    let quota = Quota::per_hour(nz(1_600));
+    let build = |client: Client| {
+        RateLimiter::builder()
+            .redis(client)
+            .key_prefix(redis.prefix())
+            .tier(Tier::Free, free_tier(quota))
+            .reserve(nz(64), Duration::from_secs(1))
+            .command_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    };
+    let a = build(redis.client());
+    let b = build(redis.new_client().await);
+    let subject = Subject::user("reserving");
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let limiter = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let subject = subject.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut allowed, mut reserved, mut refused) = (0u32, 0u32, 0u32);
+            for _ in 0..400 {
+                let d = limiter
+                    .check(&subject, Tier::Free, EndpointClass::Default)
+                    .await;
+                assert_ne!(d.source, DecisionSource::Fallback, "{d:?}");
+                allowed += u32::from(d.allowed);
+                reserved += u32::from(d.source == DecisionSource::Reserved);
+                refused += u32::from(!d.allowed);
+            }
+            (allowed, reserved, refused)
+        }));
+    }
+    let (mut allowed, mut reserved, mut refused) = (0, 0, 0);
+    for t in tasks {
+        let (x, y, z) = tokio::time::timeout(OUTER, t).await.unwrap().unwrap();
+        allowed += x;
+        reserved += y;
+        refused += z;
+    }
+    eprintln!("allowed {allowed} of 3,200 (quota 1,600), {reserved} of them reserved");
+    assert_eq!(allowed + refused, 3_200);
+    assert!(allowed <= 1_600, "never more than the quota: {allowed}");
+    // What the two instances reserved and had not spent when every task was done is lost,
+    // at most one largest reservation each.
+    assert!(allowed >= 1_600 - 2 * 64, "at most two reservations lost: {allowed}");
+    assert!(
+        reserved >= 800,
+        "most allowed decisions came from reservations: {reserved} of {allowed}"
+    );
+    assert!(a.stats().reserved_keys == 1 && b.stats().reserved_keys == 1);
+}

@@ -77,6 +77,9 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `RATE_LIMIT_INSTANCES`: how many instances share the quota when Redis is down.
     pub rate_limit_instances: u32,
+    /// `RATE_LIMIT_RESERVE`: the most rate-limit decisions of one busy key a Redis round trip
+    /// may reserve for this instance (1: every decision is a round trip).
+    pub rate_limit_reserve: u32,
     /// `MAX_BODY_BYTES`.
     pub max_body_bytes: usize,
     /// `REQUEST_TIMEOUT`.
@@ -386,6 +389,10 @@ impl Config {
         if rate_limit_instances == 0 {
             r.bad("RATE_LIMIT_INSTANCES", "must be at least 1");
         }
+        let rate_limit_reserve = r.parse("RATE_LIMIT_RESERVE", 32u32, "a whole number");
+        if rate_limit_reserve == 0 {
+            r.bad("RATE_LIMIT_RESERVE", "must be at least 1");
+        }
         let max_body_bytes = r.parse("MAX_BODY_BYTES", 64usize * 1024, "a number of bytes");
         let request_timeout = r.duration("REQUEST_TIMEOUT", Duration::from_secs(15));
         let header_read_timeout = r.duration("HEADER_READ_TIMEOUT", Duration::from_secs(10));
@@ -427,6 +434,7 @@ impl Config {
             session_ttl,
             trusted_proxies,
             rate_limit_instances,
+            rate_limit_reserve,
             max_body_bytes,
             request_timeout,
             header_read_timeout,
@@ -514,6 +522,7 @@ impl Config {
                     .join(",")
             ),
             format!("RATE_LIMIT_INSTANCES={}", self.rate_limit_instances),
+            format!("RATE_LIMIT_RESERVE={}", self.rate_limit_reserve),
             format!("MAX_BODY_BYTES={}", self.max_body_bytes),
             format!("REQUEST_TIMEOUT={}", d(self.request_timeout)),
             format!("HEADER_READ_TIMEOUT={}", d(self.header_read_timeout)),
@@ -648,6 +657,10 @@ mod tests {
         assert_eq!(
             problems(&[("RATE_LIMIT_INSTANCES", "0")]),
             ["RATE_LIMIT_INSTANCES"]
+        );
+        assert_eq!(
+            problems(&[("RATE_LIMIT_RESERVE", "0")]),
+            ["RATE_LIMIT_RESERVE"]
         );
         assert_eq!(problems(&[("DATABASE_URL", "mysql://x")]), ["DATABASE_URL"]);
         for bad in [

@@ -3,7 +3,7 @@
 use std::num::NonZeroU32;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use unite_cache::Cache;
@@ -98,6 +98,10 @@ impl AppState {
             .command_timeout(config.redis_timeout)
             .expected_instances(
                 NonZeroU32::new(config.rate_limit_instances).unwrap_or(NonZeroU32::MIN),
+            )
+            .reserve(
+                NonZeroU32::new(config.rate_limit_reserve).unwrap_or(NonZeroU32::MIN),
+                Duration::from_millis(100),
             );
         if let Some(client) = &redis {
             limiter = limiter.redis(client.clone());

@@ -13,8 +13,10 @@
 -- ARGV[6]  strikes of a streak that get no block
 -- ARGV[7]  "now" in microseconds, for tests only; -1 reads the Redis server clock, so every
 --          instance sees one time whatever its own clock says
+-- ARGV[8]  decisions wanted (a reservation); as many as the budget has, at most this, are
+--          granted. Refused (a violation) only when not even one is left.
 --
--- Returns { allowed (0/1), remaining, reset us, retry after us, strikes, blocked (0/1) }.
+-- Returns { granted (0 = refused), remaining, reset us, retry after us, strikes, blocked (0/1) }.
 --
 -- Numbers are passed to redis.call as Lua numbers: they are whole and far below 2^53, and
 -- Redis writes a whole number without a fraction or an exponent.
@@ -62,7 +64,9 @@ end
 
 local allow_at = tat - tau
 if now >= allow_at then
-  local new_tat = math.max(tat, now) + t
+  local from = math.max(tat, now)
+  local granted = math.min(tonumber(ARGV[8]), math.floor((now + tau - from) / t) + 1)
+  local new_tat = from + t * granted
   local remaining = math.floor(math.min(now + tau + t - new_tat, tau + t) / t)
   if left > 0 then
     -- The streak is remembered (as it was written: decay counts from the last violation)
@@ -73,7 +77,7 @@ if now >= allow_at then
   else
     redis.call('SET', KEYS[1], new_tat, 'PX', math.max(math.ceil((new_tat - now) / 1000), min_ttl_ms))
   end
-  return { 1, remaining, new_tat - now, 0, left, 0 }
+  return { granted, remaining, new_tat - now, 0, left, 0 }
 end
 
 local retry = allow_at - now

@@ -1,0 +1,312 @@
+//! Decisions reserved from the shared budget, spent without a round trip
+//! ([`SharedConfig::reserve_max`](crate::SharedConfig::reserve_max) above 1).
+//!
+//! A key this instance decides often asks Redis for several decisions at once (the script
+//! grants as many as the budget holds, at most the number asked). Their Redis state is already
+//! spent, so the instances together never allow more than the quota; what lapses unspent is
+//! lost. The size adapts per key: it doubles while a reservation is spent within its time,
+//! halves when one lapses with decisions left, and drops to 1 as soon as Redis grants fewer
+//! than asked (the budget is nearly spent, so decisions go back to one a round trip).
+
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+
+use crate::{Decision, DecisionSource, EndpointClass, Quota, Subject, Tier};
+
+type FastState = foldhash::fast::RandomState;
+
+/// One key's reservation.
+#[derive(Debug)]
+struct Reservation {
+    /// Decisions left to spend.
+    left: u32,
+    /// Until when they may be spent.
+    until: Instant,
+    /// How many the next round trip asks for.
+    size: u32,
+    /// The last round trip was granted fewer than it asked: do not grow on the next.
+    short: bool,
+    /// The quota and policy they were reserved under: a changed override spends none of them.
+    quota: Quota,
+    policy: &'static str,
+    /// The shared budget's answer when they were reserved (for the headers).
+    remaining: u32,
+    reset_at: Instant,
+}
+
+/// The reservations of one limiter, one map per endpoint class (looked up by `&Subject`).
+#[derive(Debug)]
+pub(crate) struct Reservations {
+    maps: [DashMap<Subject, Reservation, FastState>; EndpointClass::ALL.len()],
+    max: u32,
+    lasts: Duration,
+    max_keys: usize,
+}
+
+/// What a key without a live reservation should ask for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Want(pub(crate) u32);
+
+impl Reservations {
+    pub(crate) fn new(max: u32, lasts: Duration, max_keys: usize) -> Self {
+        Self {
+            maps: std::array::from_fn(|_| DashMap::with_hasher(FastState::default())),
+            max: max.max(1),
+            lasts,
+            max_keys,
+        }
+    }
+
+    /// The most one reservation of `quota` may hold: `reserve_max`, and at most 1/16 of the
+    /// burst, so small quotas stay exact.
+    fn cap(&self, quota: Quota) -> u32 {
+        self.max.min(quota.burst().get() / 16).max(1)
+    }
+
+    /// Spends one reserved decision of `subject` in `class` under `quota`, or says how many
+    /// the round trip should ask for.
+    pub(crate) fn take(
+        &self,
+        subject: &Subject,
+        tier: Tier,
+        class: EndpointClass,
+        quota: Quota,
+        policy: &'static str,
+    ) -> Result<Decision, Want> {
+        let map = &self.maps[class.index()];
+        let Some(mut r) = map.get_mut(subject) else {
+            return Err(Want(1));
+        };
+        let now = Instant::now();
+        if r.quota != quota || r.policy != policy {
+            r.left = 0;
+            r.size = 1;
+            r.quota = quota;
+            r.policy = policy;
+            return Err(Want(1));
+        }
+        if r.left > 0 && now < r.until {
+            r.left -= 1;
+            return Ok(Decision {
+                allowed: true,
+                limit: quota.limit().get(),
+                window: quota.window(),
+                remaining: r.remaining.saturating_add(r.left),
+                reset: r.reset_at.saturating_duration_since(now),
+                retry_after: None,
+                tier,
+                class,
+                policy,
+                source: DecisionSource::Reserved,
+                strikes: 0,
+                blocked: false,
+            });
+        }
+        let cap = self.cap(quota);
+        r.size = if r.left > 0 {
+            // Lapsed with decisions left: this key is not that busy.
+            (r.size / 2).max(1)
+        } else if now < r.until && !r.short {
+            // Spent in time: ask for more.
+            r.size.saturating_mul(2).min(cap)
+        } else {
+            r.size.min(cap)
+        };
+        r.left = 0;
+        // Until this round trip answers, concurrent decisions of the key make their own.
+        r.until = now;
+        Err(Want(r.size))
+    }
+
+    /// Records what a round trip that asked for `want` decisions under `quota` granted; the
+    /// decision of the request that asked is `decision`, one of the granted ones.
+    pub(crate) fn granted(
+        &self,
+        subject: &Subject,
+        quota: Quota,
+        want: Want,
+        granted: u32,
+        decision: &Decision,
+    ) {
+        let map = &self.maps[decision.class.index()];
+        let now = Instant::now();
+        match map.get_mut(subject) {
+            Some(mut r) => {
+                // Fewer than asked: the budget is nearly spent (or refused), so one decision a
+                // round trip until a round trip gets all it asked for.
+                r.short = granted < want.0;
+                if r.short {
+                    r.size = 1;
+                }
+                r.left = r.left.saturating_add(granted.saturating_sub(1));
+                r.until = now + self.lasts;
+                r.remaining = decision.remaining;
+                r.reset_at = now + decision.reset;
+            }
+            None => {
+                if !decision.allowed || map.len() >= self.max_keys {
+                    return;
+                }
+                map.insert(
+                    subject.clone(),
+                    Reservation {
+                        left: granted.saturating_sub(1),
+                        until: now + self.lasts,
+                        size: 1,
+                        short: granted < want.0,
+                        quota,
+                        policy: decision.policy,
+                        remaining: decision.remaining,
+                        reset_at: now + decision.reset,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Drops reservations idle for a second past their end.
+    pub(crate) fn sweep(&self) {
+        let now = Instant::now();
+        for map in &self.maps {
+            map.retain(|_, r| now < r.until + self.lasts + Duration::from_secs(1));
+        }
+    }
+
+    /// Keys holding a reservation.
+    pub(crate) fn len(&self) -> usize {
+        self.maps.iter().map(DashMap::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use super::*;
+
+    fn quota(n: u32) -> Quota {
+        Quota::per_hour(NonZeroU32::new(n).unwrap())
+    }
+
+    fn shared_decision(q: Quota, remaining: u32) -> Decision {
+        Decision {
+            allowed: true,
+            limit: q.limit().get(),
+            window: q.window(),
+            remaining,
+            reset: Duration::from_secs(1),
+            retry_after: None,
+            tier: Tier::Free,
+            class: EndpointClass::Default,
+            policy: "default",
+            source: DecisionSource::Shared,
+            strikes: 0,
+            blocked: false,
+        }
+    }
+
+    fn take(r: &Reservations, s: &Subject, q: Quota) -> Result<Decision, Want> {
+        r.take(s, Tier::Free, EndpointClass::Default, q, "default")
+    }
+
+    #[test]
+    fn a_busy_key_doubles_up_to_the_cap_and_spends_what_it_was_granted() {
+        let r = Reservations::new(64, Duration::from_secs(60), 100);
+        let s = Subject::user("busy");
+        let q = quota(16 * 40); // cap: min(64, 640 / 16) = 40
+        let mut asked = Vec::new();
+        let mut reserved = 0;
+        for _ in 0..200 {
+            match take(&r, &s, q) {
+                Ok(d) => {
+                    assert_eq!(d.source, DecisionSource::Reserved);
+                    reserved += 1;
+                }
+                Err(want) => {
+                    asked.push(want.0);
+                    r.granted(&s, q, want, want.0, &shared_decision(q, 100));
+                }
+            }
+        }
+        assert_eq!(asked[..7], [1, 2, 4, 8, 16, 32, 40], "{asked:?}");
+        assert!(asked[7..].iter().all(|&w| w == 40), "{asked:?}");
+        assert_eq!(reserved + asked.len(), 200);
+        let asked_total: u32 = asked.iter().sum();
+        assert!(asked_total >= 200, "never more decisions than were granted");
+    }
+
+    #[test]
+    fn a_short_grant_or_a_refusal_goes_back_to_one_a_round_trip() {
+        let r = Reservations::new(64, Duration::from_secs(60), 100);
+        let s = Subject::user("near-the-limit");
+        let q = quota(10_000);
+        let mut want = Want(1);
+        for _ in 0..6 {
+            while take(&r, &s, q).is_ok() {}
+            want = take(&r, &s, q).unwrap_err();
+            r.granted(&s, q, want, want.0, &shared_decision(q, 100));
+        }
+        while take(&r, &s, q).is_ok() {}
+        let want_more = take(&r, &s, q).unwrap_err();
+        assert!(want_more.0 > want.0, "{} then {}", want.0, want_more.0);
+        let want = want_more;
+        r.granted(&s, q, want, 1, &shared_decision(q, 0));
+        let Err(want) = take(&r, &s, q) else {
+            panic!("only one was granted, and it was this request's")
+        };
+        assert_eq!(want.0, 1);
+    }
+
+    #[test]
+    fn small_quotas_and_changed_quotas_reserve_nothing() {
+        let r = Reservations::new(64, Duration::from_secs(60), 100);
+        let s = Subject::user("small");
+        let q = quota(20); // 20 / 16 = 1
+        for _ in 0..10 {
+            let want = take(&r, &s, q).expect_err("nothing is ever reserved");
+            assert_eq!(want.0, 1);
+            r.granted(&s, q, want, 1, &shared_decision(q, 5));
+        }
+        let big = quota(10_000);
+        let t = Subject::user("changed");
+        let want = take(&r, &t, big).unwrap_err();
+        r.granted(&t, big, want, 1, &shared_decision(big, 100));
+        let want = take(&r, &t, big).unwrap_err();
+        r.granted(&t, big, want, want.0, &shared_decision(big, 100));
+        assert!(want.0 > 1);
+        // An override changed the quota: the reservation under the old one is not spent.
+        let want = take(&r, &t, quota(5_000)).unwrap_err();
+        assert_eq!(want.0, 1);
+    }
+
+    #[test]
+    fn a_lapsed_reservation_is_not_spent_and_halves() {
+        let r = Reservations::new(64, Duration::from_millis(1), 100);
+        let s = Subject::user("lapsing");
+        let q = quota(10_000);
+        let want = take(&r, &s, q).unwrap_err();
+        r.granted(&s, q, want, 1, &shared_decision(q, 100));
+        std::thread::sleep(Duration::from_millis(5));
+        // Lapsed with nothing left: the size stays, nothing is reserved.
+        let want = take(&r, &s, q).unwrap_err();
+        assert_eq!(want.0, 1);
+        r.granted(&s, q, Want(8), 8, &shared_decision(q, 100));
+        std::thread::sleep(Duration::from_millis(5));
+        let want = take(&r, &s, q).expect_err("7 left, but lapsed");
+        assert_eq!(want.0, 1, "halved from 1 stays 1");
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn the_key_count_is_bounded() {
+        let r = Reservations::new(64, Duration::from_secs(60), 3);
+        let q = quota(10_000);
+        for i in 0..10 {
+            let s = Subject::user(format!("u{i}"));
+            let want = take(&r, &s, q).unwrap_err();
+            r.granted(&s, q, want, 1, &shared_decision(q, 100));
+        }
+        assert_eq!(r.len(), 3);
+    }
+}
