@@ -2,7 +2,7 @@
 //! the old value in its L1) no longer serving the old value. Two caches on the Redis at
 //! `REDIS_URL`, one namespace; prints p50 / p90 / p99 / max over 1000 writes.
 //!
-//! `cargo bench -p unite-cache --bench invalidation`
+//! `cargo bench -p unite-benches --bench cache_invalidation_window`
 
 #![allow(clippy::print_stdout)]
 

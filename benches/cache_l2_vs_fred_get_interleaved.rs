@@ -4,7 +4,7 @@
 //! `Cache::get` with L1 disabled (default pool of 2; pool of 1 without invalidation). Needs
 //! Redis at `REDIS_URL`.
 //!
-//! `cargo bench -p unite-cache --bench l2_interleaved`
+//! `cargo bench -p unite-benches --bench cache_l2_vs_fred_get_interleaved`
 
 #![allow(clippy::print_stdout)]
 use fred::bytes::Bytes;

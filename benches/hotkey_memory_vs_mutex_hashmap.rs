@@ -6,7 +6,7 @@
 //!
 //! The naive peer (`HashMap<String, u64>` behind a `Mutex`) is measured the same way in the same
 //! run. Keys are formatted into one reused buffer, so the benchmark itself allocates nothing per
-//! key. Run with `cargo bench -p unite-hotkey --bench memory`.
+//! key. Run with `cargo bench -p unite-benches --bench hotkey_memory_vs_mutex_hashmap`.
 #![allow(clippy::print_stdout)]
 
 use std::collections::HashMap;
