@@ -212,9 +212,11 @@ impl RedisGcra {
     pub async fn forgive(&self, subject: &Subject) -> Result<(), Error> {
         for class in EndpointClass::ALL {
             // One key per call, so each call stays within one cluster slot.
-            let strip = self
-                .client
-                .eval::<(), _, _, _>(FORGIVE_SCRIPT, self.key(subject, class), Vec::<i64>::new());
+            let strip = self.client.eval::<(), _, _, _>(
+                FORGIVE_SCRIPT,
+                self.key(subject, class),
+                Vec::<i64>::new(),
+            );
             match tokio::time::timeout(self.timeout, strip).await {
                 Ok(r) => r?,
                 Err(_) => return Err(Error::Timeout(self.timeout)),

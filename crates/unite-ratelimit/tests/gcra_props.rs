@@ -153,7 +153,16 @@ async fn run_reserve(case: Case, wants: Vec<u32>) -> Result<(), TestCaseError> {
         at += Duration::from_micros(*advance_us);
         let subject = Subject::Ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, *client)));
         let (r, granted) = reserving
-            .reserve(&subject, tier, class, quota, "default", &penalty, Some(at), *want)
+            .reserve(
+                &subject,
+                tier,
+                class,
+                quota,
+                "default",
+                &penalty,
+                Some(at),
+                *want,
+            )
             .await
             .unwrap();
         let mut singles = Vec::new();
@@ -169,11 +178,23 @@ async fn run_reserve(case: Case, wants: Vec<u32>) -> Result<(), TestCaseError> {
             }
         }
         let allowed: Vec<_> = singles.iter().filter(|d| d.allowed).collect();
-        prop_assert_eq!(granted as usize, allowed.len(), "step {} wanting {}: {:?}", i, want, case);
+        prop_assert_eq!(
+            granted as usize,
+            allowed.len(),
+            "step {} wanting {}: {:?}",
+            i,
+            want,
+            case
+        );
         let expect = allowed.last().copied().unwrap_or(&singles[0]);
         prop_assert_eq!(
             (r.allowed, r.remaining, r.reset, r.retry_after),
-            (expect.allowed, expect.remaining, expect.reset, expect.retry_after),
+            (
+                expect.allowed,
+                expect.remaining,
+                expect.reset,
+                expect.retry_after
+            ),
             "step {} wanting {}: {:?}",
             i,
             want,

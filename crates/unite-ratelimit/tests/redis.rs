@@ -160,7 +160,10 @@ async fn a_state_the_script_did_not_write_starts_afresh_and_a_streak_outlives_it
         let d = check().await.unwrap_or_else(|e| panic!("{junk:?}: {e}"));
         assert!(d.allowed, "{junk:?} reads as a fresh key: {d:?}");
         let stored: String = client.get(&key).await.unwrap();
-        assert!(stored.parse::<u64>().is_ok(), "{junk:?} replaced by {stored:?}");
+        assert!(
+            stored.parse::<u64>().is_ok(),
+            "{junk:?} replaced by {stored:?}"
+        );
     }
     // A violation: the value now carries the streak, and the key lives as long as the streak
     // can matter (60 s decay per strike), not just as long as the 1 s budget.
@@ -469,7 +472,10 @@ async fn reservations_save_round_trips_and_never_allow_more_than_the_quota_toget
     assert!(allowed <= 1_600, "never more than the quota: {allowed}");
     // What the two instances reserved and had not spent when every task was done is lost,
     // at most one largest reservation each.
-    assert!(allowed >= 1_600 - 2 * 64, "at most two reservations lost: {allowed}");
+    assert!(
+        allowed >= 1_600 - 2 * 64,
+        "at most two reservations lost: {allowed}"
+    );
     assert!(
         reserved >= 800,
         "most allowed decisions came from reservations: {reserved} of {allowed}"

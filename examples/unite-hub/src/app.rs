@@ -1,5 +1,5 @@
 //! The router and its middleware, in the order requests meet them:
-//! correlation id → trace (request log and metrics) → error envelope → limits (body, time) →
+//! correlation id → trace (request log and metrics) and error envelope → limits (body, time) →
 //! identify (session → rate-limit subject) → rate limit → auth (per route) → handler.
 //!
 //! Identification resolves a bearer token through the cache *before* the rate limiter, so a
@@ -7,7 +7,9 @@
 //! that need a user or the admin token refuse in their extractors (the auth step). Health and
 //! metrics routes skip identification and the rate limit: load balancers and scrapers poll them.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{LazyLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -74,7 +76,7 @@ pub fn app(state: AppState) -> Router {
         .merge(bare_route)
 }
 
-/// Correlation id → trace → error envelope → body and time limits, outermost first.
+/// Correlation id → trace and error envelope → body and time limits, outermost first.
 fn with_common_layers(router: Router<AppState>, state: &AppState) -> Router<AppState> {
     router
         .layer(TimeoutLayer::with_status_code(
@@ -82,7 +84,6 @@ fn with_common_layers(router: Router<AppState>, state: &AppState) -> Router<AppS
             state.config.request_timeout,
         ))
         .layer(RequestBodyLimitLayer::new(state.config.max_body_bytes))
-        .layer(middleware::from_fn(error_envelope))
         .layer(middleware::from_fn(trace))
         .layer(CorrelationLayer::new())
 }
@@ -91,18 +92,21 @@ async fn bare() -> &'static str {
     "ok"
 }
 
-/// One log line and the HTTP metrics per request, inside the request's span.
+/// One log line and the HTTP metrics per request, inside the request's span; error responses
+/// become the JSON envelope (so the log and the metrics see the final status).
 async fn trace(request: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = request.method().clone();
-    let route = request
+    let id = request
         .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = next.run(request).await;
+        .get::<unite_telemetry::CorrelationId>()
+        .copied();
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let response = error_envelope(next.run(request).await, id);
     let elapsed = start.elapsed();
     let status = response.status().as_u16();
-    record_http(&method, &route, status, elapsed);
+    HTTP_METRICS.record(&method, route, status, elapsed);
     let elapsed_ms = elapsed.as_secs_f64() * 1e3;
     if status >= 500 {
         tracing::warn!(%method, route, status, elapsed_ms, "request");
@@ -112,18 +116,81 @@ async fn trace(request: Request, next: Next) -> Response {
     response
 }
 
-fn record_http(method: &http::Method, route: &str, status: u16, elapsed: Duration) {
-    use unite_telemetry::names;
-    let labels = [
-        ("method", method.as_str().to_owned()),
-        ("route", route.to_owned()),
-        ("status", status.to_string()),
-    ];
-    metrics::counter!(names::HTTP_REQUESTS_TOTAL, &labels).increment(1);
-    metrics::histogram!(
-        names::HTTP_REQUEST_DURATION_SECONDS,
-        "method" => method.as_str().to_owned(),
-        "route" => route.to_owned()
-    )
-    .record(elapsed.as_secs_f64());
+/// The HTTP metrics' handles, registered once per route, method and status rather than looked
+/// up by freshly allocated labels on every request. They bind to the metrics recorder in
+/// place at their first request: the service installs telemetry before it serves.
+static HTTP_METRICS: LazyLock<HttpMetrics> = LazyLock::new(HttpMetrics::default);
+
+#[derive(Default)]
+struct HttpMetrics {
+    by_route: RwLock<HashMap<String, Vec<HttpHandles>, foldhash::fast::RandomState>>,
+}
+
+struct HttpHandles {
+    method: &'static str,
+    status: u16,
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+impl HttpMetrics {
+    fn record(&self, method: &http::Method, route: &str, status: u16, elapsed: Duration) {
+        let method = method_label(method);
+        let seconds = elapsed.as_secs_f64();
+        {
+            let by_route = self.by_route.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(h) = by_route
+                .get(route)
+                .and_then(|hs| hs.iter().find(|h| h.method == method && h.status == status))
+            {
+                h.requests.increment(1);
+                h.duration.record(seconds);
+                return;
+            }
+        }
+        use unite_telemetry::names;
+        let labels = [
+            ("method", method.to_owned()),
+            ("route", route.to_owned()),
+            ("status", status.to_string()),
+        ];
+        let h = HttpHandles {
+            method,
+            status,
+            requests: metrics::counter!(names::HTTP_REQUESTS_TOTAL, &labels),
+            duration: metrics::histogram!(
+                names::HTTP_REQUEST_DURATION_SECONDS,
+                "method" => method,
+                "route" => route.to_owned()
+            ),
+        };
+        h.requests.increment(1);
+        h.duration.record(seconds);
+        let mut by_route = self
+            .by_route
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let hs = by_route.entry(route.to_owned()).or_default();
+        if !hs.iter().any(|x| x.method == method && x.status == status) {
+            hs.push(h);
+        }
+    }
+}
+
+/// The method as a metric label: the standard ones by name, anything else as `other`, so a
+/// client cannot mint label values.
+fn method_label(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
 }

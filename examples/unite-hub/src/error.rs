@@ -1,7 +1,7 @@
 //! Every error leaves the service as one JSON shape:
 //! `{"error": {"code": "...", "message": "...", "correlation_id": "..."}}`.
 //!
-//! Handlers return [`ApiError`]; [`error_envelope`] (a middleware just inside the correlation
+//! Handlers return [`ApiError`]; [`error_envelope`] (applied just inside the correlation
 //! layer) adds the request's correlation id, and also rewrites errors that did not come from a
 //! handler (an extractor's rejection, the body limit, an unknown route) into the same shape.
 //! No stack trace, SQL text or backend message ever reaches a response.
@@ -9,9 +9,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -166,14 +164,9 @@ fn code_for(status: StatusCode) -> &'static str {
     }
 }
 
-/// Middleware: turns every error response into the JSON envelope with the correlation id.
-pub async fn error_envelope(request: Request, next: Next) -> Response {
-    let id = request
-        .extensions()
-        .get::<unite_telemetry::CorrelationId>()
-        .map(|c| c.as_str().to_owned())
-        .unwrap_or_default();
-    let response = next.run(request).await;
+/// Turns an error response into the JSON envelope with the correlation id `id` (the request's,
+/// taken before the request went down the stack); any other response is returned as it is.
+pub fn error_envelope(response: Response, id: Option<unite_telemetry::CorrelationId>) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
@@ -194,6 +187,7 @@ pub async fn error_envelope(request: Request, next: Next) -> Response {
             status.canonical_reason().unwrap_or("error"),
         ),
     };
+    let id = id.map(|c| c.as_str().to_owned()).unwrap_or_default();
     let body = serde_json::to_vec(&Envelope {
         error: ErrorFields {
             code,
