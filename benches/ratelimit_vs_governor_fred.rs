@@ -148,7 +148,7 @@ fn shared(c: &mut Criterion) {
             .map(|s| gcra.key(s, EndpointClass::Default))
             .collect()
     };
-    let args: Vec<i64> = vec![1, 1_000_000, 1_000_000, 600_000_000, 60_000_000, 0, -1];
+    let args: Vec<i64> = vec![1, 1_000_000, 1_000_000, 600_000_000, 60_000_000, 0, -1, 1];
     let mut i = 0usize;
     group.bench_function("fred_evalsha_gcra_script", |b| {
         b.to_async(&rt).iter(|| {
@@ -188,7 +188,30 @@ fn shared(c: &mut Criterion) {
             }
         });
     });
+
+    // One busy key with reservations on (up to 64 decisions a round trip, spent within
+    // 100 ms): what `reserve` saves a service whose users send many requests each.
+    let reserving = rt.block_on(async {
+        RateLimiter::builder()
+            .redis(redis.client())
+            .key_prefix(format!("{}reserving:", redis.prefix()))
+            .tier(Tier::Public, TierQuotas::new(quota, quota))
+            .reserve(NonZeroU32::new(64).unwrap(), Duration::from_millis(100))
+            .command_timeout(Duration::from_secs(1))
+            .build()
+            .unwrap()
+    });
+    let busy = subjects[0].clone();
+    group.bench_function("unite_shared_check_reserving_one_busy_key", |b| {
+        b.to_async(&rt).iter(|| async {
+            let d = reserving
+                .check(&busy, Tier::Public, EndpointClass::Default)
+                .await;
+            black_box(d.allowed)
+        });
+    });
     group.finish();
+    drop(reserving);
     drop(limiter);
     drop(rt);
     drop(redis);

@@ -13,8 +13,8 @@
 -- ARGV[6]  strikes of a streak that get no block
 -- ARGV[7]  "now" in microseconds, for tests only; -1 reads the Redis server clock, so every
 --          instance sees one time whatever its own clock says
--- ARGV[8]  decisions wanted (a reservation); as many as the budget has, at most this, are
---          granted. Refused (a violation) only when not even one is left.
+-- ARGV[8]  decisions wanted (a reservation; default 1); as many as the budget has, at most
+--          this, are granted. Refused (a violation) only when not even one is left.
 --
 -- Returns { granted (0 = refused), remaining, reset us, retry after us, strikes, blocked (0/1) }.
 --
@@ -65,7 +65,7 @@ end
 local allow_at = tat - tau
 if now >= allow_at then
   local from = math.max(tat, now)
-  local granted = math.min(tonumber(ARGV[8]), math.floor((now + tau - from) / t) + 1)
+  local granted = math.min(tonumber(ARGV[8]) or 1, math.floor((now + tau - from) / t) + 1)
   local new_tat = from + t * granted
   local remaining = math.floor(math.min(now + tau + t - new_tat, tau + t) / t)
   if left > 0 then
