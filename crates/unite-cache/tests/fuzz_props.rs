@@ -241,19 +241,33 @@ proptest! {
     }
 }
 
-proptest! {
-    // Through the real Redis: a fixed, small count whatever PROPTEST_CASES says.
-    #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
-
-    #[test]
-    fn garbage_in_redis_is_a_miss_and_the_key_recovers(bytes in hostile_bytes(), codec in codec()) {
+/// Through the real Redis, a fixed, small count whatever `PROPTEST_CASES` says: the
+/// `proptest!` macro lets that variable override a block's own count, so this property drives
+/// a `TestRunner` itself.
+#[test]
+fn garbage_in_redis_is_a_miss_and_the_key_recovers() {
+    let config = ProptestConfig {
+        cases: 128,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let result = runner.run(&(hostile_bytes(), codec()), |(bytes, codec)| {
         let (cache, redis) = wire_cache(codec);
+        // Outside the runtime: the first call builds the entries with `block_on`.
+        let fresh = stored_entries()[0].1.clone();
         runtime().block_on(async {
             // A key of its own per case: nothing of it in L1, so the read goes to Redis.
             static N: AtomicU64 = AtomicU64::new(0);
             let key = &format!("victim-{}", N.fetch_add(1, Ordering::Relaxed));
             let _: () = redis
-                .set(cache.redis_key(key), bytes.clone(), Some(Expiration::EX(60)), None, false)
+                .set(
+                    cache.redis_key(key),
+                    bytes.clone(),
+                    Some(Expiration::EX(60)),
+                    None,
+                    false,
+                )
                 .await
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
             // A miss (or a decode error), never a panic and never a wrong value.
@@ -264,11 +278,16 @@ proptest! {
                 }
             }
             // The key is usable again at once.
-            let fresh = stored_entries()[0].1.clone();
-            cache.set(key, &fresh, Duration::from_secs(60)).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+            cache
+                .set(key, &fresh, Duration::from_secs(60))
+                .await
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(cache.get::<Record>(key).await.ok().flatten(), Some(fresh));
             Ok(())
-        })?;
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}\n{runner}");
     }
 }
 
