@@ -52,7 +52,7 @@ case " ${criterion_args[*]-} " in *" --measurement-time"*) ;; *) criterion_args+
 scripts/services.sh up >/dev/null
 
 if [ "$whole_suite" -eq 0 ]; then
-  cargo bench -p unite-benches --locked "${cargo_args[@]}" -- "${criterion_args[@]}"
+  cargo bench -p unite-benches --locked ${cargo_args[@]+"${cargo_args[@]}"} -- "${criterion_args[@]}"
   exit 0
 fi
 cargo bench -p unite-benches --benches --locked -- "${criterion_args[@]}"

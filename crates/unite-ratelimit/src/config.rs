@@ -570,7 +570,9 @@ pub struct SharedConfig {
     /// never exceeds 1/16 of the quota's burst) and spends them without a round trip. The
     /// instances together still never allow more than the quota; what a reservation leaves
     /// unspent when it lapses is lost, so a key may get up to this many decisions fewer per
-    /// instance. Near the limit reservations fall back to one decision a round trip.
+    /// instance. Near the limit reservations fall back to one decision a round trip. One
+    /// refill per key is on its way at a time; a reserved decision is spent up to
+    /// `reserve_for` after Redis counted it.
     pub reserve_max: NonZeroU32,
     /// How long reserved decisions may be spent (1 ms to 1 s). Default 100 ms.
     #[serde(rename = "reserve_for_ms", with = "duration_ms")]

@@ -566,14 +566,16 @@ impl RateLimiter {
                 call.policy,
                 &inner.config.penalty,
                 None,
-                call.want.map_or(1, |w| w.0),
+                call.want.map_or(1, |w| w.n),
             )
             .await;
         match r {
-            Ok((d, granted)) => {
+            Ok((mut d, granted)) => {
                 call.permit.success();
                 if let (Some(reservations), Some(want)) = (&shared.reservations, call.want) {
                     reservations.granted(subject, call.quota, want, granted, &d);
+                    // What this instance now holds is still this key's to spend.
+                    d.remaining = d.remaining.saturating_add(granted.saturating_sub(1));
                 }
                 if d.blocked {
                     shared.observe_block(&d, subject, inner.config.local.max_keys.get());

@@ -27,6 +27,9 @@ struct Reservation {
     size: u32,
     /// The last round trip was granted fewer than it asked: do not grow on the next.
     short: bool,
+    /// A reserving round trip is on its way until then (or until it answers): meanwhile other
+    /// decisions of the key ask for one each, so concurrent requests never stack reservations.
+    pending_until: Instant,
     /// The quota and policy they were reserved under: a changed override spends none of them.
     quota: Quota,
     policy: &'static str,
@@ -44,9 +47,26 @@ pub(crate) struct Reservations {
     max_keys: usize,
 }
 
-/// What a key without a live reservation should ask for.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Want(pub(crate) u32);
+/// What a decision without a reserved one to spend should ask Redis for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Want {
+    /// Decisions to ask for.
+    pub(crate) n: u32,
+    /// Whether this round trip refills the key's reservation (only one at a time does).
+    leader: bool,
+}
+
+impl Want {
+    /// One decision, and nothing to record.
+    const ONE: Want = Want {
+        n: 1,
+        leader: false,
+    };
+
+    const fn refill(n: u32) -> Want {
+        Want { n, leader: true }
+    }
+}
 
 impl Reservations {
     pub(crate) fn new(max: u32, lasts: Duration, max_keys: usize) -> Self {
@@ -74,17 +94,25 @@ impl Reservations {
         quota: Quota,
         policy: &'static str,
     ) -> Result<Decision, Want> {
+        let cap = self.cap(quota);
+        if cap == 1 {
+            // A quota too small to reserve from: exact decisions, and no state kept.
+            return Err(Want::ONE);
+        }
         let map = &self.maps[class.index()];
         let Some(mut r) = map.get_mut(subject) else {
-            return Err(Want(1));
+            return Err(Want::refill(1));
         };
         let now = Instant::now();
         if r.quota != quota || r.policy != policy {
+            // An override changed the quota: nothing reserved under the old one is spent.
             r.left = 0;
             r.size = 1;
+            r.short = false;
             r.quota = quota;
             r.policy = policy;
-            return Err(Want(1));
+            r.pending_until = now + self.lasts;
+            return Err(Want::refill(1));
         }
         if r.left > 0 && now < r.until {
             r.left -= 1;
@@ -103,7 +131,9 @@ impl Reservations {
                 blocked: false,
             });
         }
-        let cap = self.cap(quota);
+        if now < r.pending_until {
+            return Err(Want::ONE);
+        }
         r.size = if r.left > 0 {
             // Lapsed with decisions left: this key is not that busy.
             (r.size / 2).max(1)
@@ -114,9 +144,8 @@ impl Reservations {
             r.size.min(cap)
         };
         r.left = 0;
-        // Until this round trip answers, concurrent decisions of the key make their own.
-        r.until = now;
-        Err(Want(r.size))
+        r.pending_until = now + self.lasts;
+        Err(Want::refill(r.size))
     }
 
     /// Records what a round trip that asked for `want` decisions under `quota` granted; the
@@ -129,17 +158,26 @@ impl Reservations {
         granted: u32,
         decision: &Decision,
     ) {
+        if !want.leader {
+            return;
+        }
         let map = &self.maps[decision.class.index()];
         let now = Instant::now();
+        let cap = self.cap(quota);
         match map.get_mut(subject) {
             Some(mut r) => {
+                if r.quota != quota || r.policy != decision.policy {
+                    // Asked under a quota an override has since replaced.
+                    return;
+                }
+                r.pending_until = now;
                 // Fewer than asked: the budget is nearly spent (or refused), so one decision a
                 // round trip until a round trip gets all it asked for.
-                r.short = granted < want.0;
+                r.short = granted < want.n;
                 if r.short {
                     r.size = 1;
                 }
-                r.left = r.left.saturating_add(granted.saturating_sub(1));
+                r.left = r.left.saturating_add(granted.saturating_sub(1)).min(cap);
                 r.until = now + self.lasts;
                 r.remaining = decision.remaining;
                 r.reset_at = now + decision.reset;
@@ -151,10 +189,11 @@ impl Reservations {
                 map.insert(
                     subject.clone(),
                     Reservation {
-                        left: granted.saturating_sub(1),
+                        left: granted.saturating_sub(1).min(cap),
                         until: now + self.lasts,
                         size: 1,
-                        short: granted < want.0,
+                        short: granted < want.n,
+                        pending_until: now,
                         quota,
                         policy: decision.policy,
                         remaining: decision.remaining,
@@ -224,8 +263,8 @@ mod tests {
                     reserved += 1;
                 }
                 Err(want) => {
-                    asked.push(want.0);
-                    r.granted(&s, q, want, want.0, &shared_decision(q, 100));
+                    asked.push(want.n);
+                    r.granted(&s, q, want, want.n, &shared_decision(q, 100));
                 }
             }
         }
@@ -241,21 +280,27 @@ mod tests {
         let r = Reservations::new(64, Duration::from_secs(60), 100);
         let s = Subject::user("near-the-limit");
         let q = quota(10_000);
-        let mut want = Want(1);
-        for _ in 0..6 {
-            while take(&r, &s, q).is_ok() {}
-            want = take(&r, &s, q).unwrap_err();
-            r.granted(&s, q, want, want.0, &shared_decision(q, 100));
+        // Spend whatever is reserved, then refill in full, six times over.
+        let mut asked = Vec::new();
+        while asked.len() < 6 {
+            if let Err(want) = take(&r, &s, q) {
+                asked.push(want.n);
+                r.granted(&s, q, want, want.n, &shared_decision(q, 100));
+            }
         }
-        while take(&r, &s, q).is_ok() {}
-        let want_more = take(&r, &s, q).unwrap_err();
-        assert!(want_more.0 > want.0, "{} then {}", want.0, want_more.0);
+        assert_eq!(asked, [1, 2, 4, 8, 16, 32]);
+        let want_more = loop {
+            if let Err(want) = take(&r, &s, q) {
+                break want;
+            }
+        };
+        assert_eq!(want_more.n, 64);
         let want = want_more;
         r.granted(&s, q, want, 1, &shared_decision(q, 0));
         let Err(want) = take(&r, &s, q) else {
             panic!("only one was granted, and it was this request's")
         };
-        assert_eq!(want.0, 1);
+        assert_eq!(want.n, 1);
     }
 
     #[test]
@@ -265,7 +310,7 @@ mod tests {
         let q = quota(20); // 20 / 16 = 1
         for _ in 0..10 {
             let want = take(&r, &s, q).expect_err("nothing is ever reserved");
-            assert_eq!(want.0, 1);
+            assert_eq!(want.n, 1);
             r.granted(&s, q, want, 1, &shared_decision(q, 5));
         }
         let big = quota(10_000);
@@ -273,11 +318,11 @@ mod tests {
         let want = take(&r, &t, big).unwrap_err();
         r.granted(&t, big, want, 1, &shared_decision(big, 100));
         let want = take(&r, &t, big).unwrap_err();
-        r.granted(&t, big, want, want.0, &shared_decision(big, 100));
-        assert!(want.0 > 1);
+        r.granted(&t, big, want, want.n, &shared_decision(big, 100));
+        assert!(want.n > 1);
         // An override changed the quota: the reservation under the old one is not spent.
         let want = take(&r, &t, quota(5_000)).unwrap_err();
-        assert_eq!(want.0, 1);
+        assert_eq!(want.n, 1);
     }
 
     #[test]
@@ -290,11 +335,11 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         // Lapsed with nothing left: the size stays, nothing is reserved.
         let want = take(&r, &s, q).unwrap_err();
-        assert_eq!(want.0, 1);
-        r.granted(&s, q, Want(8), 8, &shared_decision(q, 100));
+        assert_eq!(want.n, 1);
+        r.granted(&s, q, Want::refill(8), 8, &shared_decision(q, 100));
         std::thread::sleep(Duration::from_millis(5));
         let want = take(&r, &s, q).expect_err("7 left, but lapsed");
-        assert_eq!(want.0, 1, "halved from 1 stays 1");
+        assert_eq!(want.n, 1, "halved from 1 stays 1");
         assert_eq!(r.len(), 1);
     }
 
@@ -308,5 +353,63 @@ mod tests {
             r.granted(&s, q, want, 1, &shared_decision(q, 100));
         }
         assert_eq!(r.len(), 3);
+    }
+}
+
+#[cfg(test)]
+mod concurrency {
+    use std::num::NonZeroU32;
+
+    use super::*;
+
+    #[test]
+    fn while_a_refill_is_on_its_way_others_ask_for_one_and_record_nothing() {
+        let r = Reservations::new(64, Duration::from_secs(60), 100);
+        let s = Subject::user("concurrent");
+        let q = Quota::per_hour(NonZeroU32::new(10_000).unwrap());
+        let take = || r.take(&s, Tier::Free, EndpointClass::Default, q, "default");
+        let d = |remaining| Decision {
+            allowed: true,
+            limit: q.limit().get(),
+            window: q.window(),
+            remaining,
+            reset: Duration::from_secs(1),
+            retry_after: None,
+            tier: Tier::Free,
+            class: EndpointClass::Default,
+            policy: "default",
+            source: DecisionSource::Shared,
+            strikes: 0,
+            blocked: false,
+        };
+        let first = take().unwrap_err();
+        r.granted(&s, q, first, 1, &d(100));
+        let leader = take().unwrap_err();
+        assert_eq!(leader, Want::refill(2));
+        // Three more arrive before the leader's answer: one each, and nothing recorded.
+        let others: Vec<Want> = (0..3).map(|_| take().unwrap_err()).collect();
+        assert!(others.iter().all(|w| *w == Want::ONE), "{others:?}");
+        for w in others {
+            r.granted(&s, q, w, 1, &d(90));
+        }
+        r.granted(&s, q, leader, 2, &d(80));
+        let spent = take().expect("the leader's second decision is reserved");
+        assert_eq!(spent.source, DecisionSource::Reserved);
+        assert_eq!(spent.remaining, 80);
+        assert_eq!(take().unwrap_err(), Want::refill(4));
+    }
+
+    #[test]
+    fn a_small_quota_keeps_no_state() {
+        let r = Reservations::new(64, Duration::from_secs(60), 100);
+        let q = Quota::per_minute(NonZeroU32::new(20).unwrap());
+        for i in 0..50 {
+            let s = Subject::user(format!("ip{i}"));
+            let w = r
+                .take(&s, Tier::Public, EndpointClass::Default, q, "default")
+                .unwrap_err();
+            assert_eq!(w, Want::ONE);
+        }
+        assert_eq!(r.len(), 0);
     }
 }

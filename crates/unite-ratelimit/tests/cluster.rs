@@ -1,5 +1,5 @@
 //! The shared limiter against a real three-master Redis Cluster (started from the OS binaries
-//! by the testkit): the decision script (two keys, one hash tag), its loading on every
+//! by the testkit): the decision script (one hash-tagged key a decision), its loading on every
 //! primary, penalties, forgiveness and overrides, over subjects spread across all masters.
 //! Any Redis error (a CROSSSLOT refusal included) would turn a decision into a local
 //! fallback, so every decision is checked to be `Shared`.
@@ -80,7 +80,7 @@ async fn shared_budgets_penalties_and_overrides_work_on_a_three_master_cluster()
         "the subjects' keys land on every master: {per_node:?}"
     );
 
-    // Forgive deletes the penalty keys of every class (one key per DEL).
+    // Forgive strips the penalty streak in every class (one key per script call).
     let first = Subject::user("user-0");
     a.forgive(&first).await.expect("forgive on the cluster");
     let d = a.check(&first, Tier::Free, EndpointClass::Default).await;

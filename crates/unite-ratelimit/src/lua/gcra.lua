@@ -44,10 +44,16 @@ if state then
       strikes, last, blocked_until = tonumber(s), tonumber(l), tonumber(u)
     end
   end
-  -- This script never leaves the arrival time past now + tau + T. Anything else is not a
-  -- state it wrote (or the server clock went back): start afresh rather than fail or block.
-  if not tat or tat > now + tau + t then
+  if not tat then
+    -- Not a state this script wrote: start afresh rather than fail every decision.
     tat, strikes, last, blocked_until = now, 0, 0, 0
+  elseif tat > now + tau + t then
+    -- Further ahead than this quota ever leaves it (the quota was lowered, or the server
+    -- clock went back): as far ahead as this quota allows, the streak kept.
+    tat = now + tau + t
+  end
+  if blocked_until > now + tonumber(ARGV[4]) then
+    blocked_until = now + tonumber(ARGV[4])
   end
 end
 
@@ -65,7 +71,7 @@ end
 local allow_at = tat - tau
 if now >= allow_at then
   local from = math.max(tat, now)
-  local granted = math.min(tonumber(ARGV[8]) or 1, math.floor((now + tau - from) / t) + 1)
+  local granted = math.min(math.max(tonumber(ARGV[8]) or 1, 1), math.floor((now + tau - from) / t) + 1)
   local new_tat = from + t * granted
   local remaining = math.floor(math.min(now + tau + t - new_tat, tau + t) / t)
   if left > 0 then
