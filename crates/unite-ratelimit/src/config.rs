@@ -571,8 +571,8 @@ pub struct SharedConfig {
     /// instances together still never allow more than the quota; what a reservation leaves
     /// unspent when it lapses is lost, so a key may get up to this many decisions fewer per
     /// instance. Near the limit reservations fall back to one decision a round trip. One
-    /// refill per key is on its way at a time; a reserved decision is spent up to
-    /// `reserve_for` after Redis counted it.
+    /// refill per key is on its way at a time (ahead of time, when a quarter is left); a
+    /// reserved decision is spent at most twice `reserve_for` after Redis counted it.
     pub reserve_max: NonZeroU32,
     /// How long reserved decisions may be spent (1 ms to 1 s). Default 100 ms.
     #[serde(rename = "reserve_for_ms", with = "duration_ms")]
