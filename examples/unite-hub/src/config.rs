@@ -389,7 +389,7 @@ impl Config {
         if rate_limit_instances == 0 {
             r.bad("RATE_LIMIT_INSTANCES", "must be at least 1");
         }
-        let rate_limit_reserve = r.parse("RATE_LIMIT_RESERVE", 32u32, "a whole number");
+        let rate_limit_reserve = r.parse("RATE_LIMIT_RESERVE", 256u32, "a whole number");
         if rate_limit_reserve == 0 {
             r.bad("RATE_LIMIT_RESERVE", "must be at least 1");
         }
