@@ -376,55 +376,35 @@ mod tests {
         }
         assert_eq!(r.len(), 3);
     }
-}
-
-#[cfg(test)]
-mod concurrency {
-    use std::num::NonZeroU32;
-
-    use super::*;
 
     #[test]
     fn while_a_refill_is_on_its_way_others_ask_for_one_and_record_nothing() {
         let r = Reservations::new(64, Duration::from_secs(60), 100);
         let s = Subject::user("concurrent");
-        let q = Quota::per_hour(NonZeroU32::new(10_000).unwrap());
-        let take = || r.take(&s, Tier::Free, EndpointClass::Default, q, "default");
-        let d = |remaining| Decision {
-            allowed: true,
-            limit: q.limit().get(),
-            window: q.window(),
-            remaining,
-            reset: Duration::from_secs(1),
-            retry_after: None,
-            tier: Tier::Free,
-            class: EndpointClass::Default,
-            policy: "default",
-            source: DecisionSource::Shared,
-            strikes: 0,
-            blocked: false,
-        };
-        let first = take().unwrap_err();
+        let q = quota(10_000);
+        let decide = || take(&r, &s, q);
+        let d = |remaining| shared_decision(q, remaining);
+        let first = decide().unwrap_err();
         r.granted(&s, q, first, 1, &d(100));
-        let leader = take().unwrap_err();
+        let leader = decide().unwrap_err();
         assert_eq!(leader, Want::refill(2));
         // Three more arrive before the leader's answer: one each, and nothing recorded.
-        let others: Vec<Want> = (0..3).map(|_| take().unwrap_err()).collect();
+        let others: Vec<Want> = (0..3).map(|_| decide().unwrap_err()).collect();
         assert!(others.iter().all(|w| *w == Want::ONE), "{others:?}");
         for w in others {
             r.granted(&s, q, w, 1, &d(90));
         }
         r.granted(&s, q, leader, 2, &d(80));
-        let spent = take().expect("the leader's second decision is reserved");
+        let spent = decide().expect("the leader's second decision is reserved");
         assert_eq!(spent.source, DecisionSource::Reserved);
         assert_eq!(spent.remaining, 80);
-        assert_eq!(take().unwrap_err(), Want::refill(4));
+        assert_eq!(decide().unwrap_err(), Want::refill(4));
     }
 
     #[test]
     fn a_small_quota_keeps_no_state() {
         let r = Reservations::new(64, Duration::from_secs(60), 100);
-        let q = Quota::per_minute(NonZeroU32::new(20).unwrap());
+        let q = Quota::per_minute(NonZeroU32::new(20).unwrap()); // 20 / 16 = 1
         for i in 0..50 {
             let s = Subject::user(format!("ip{i}"));
             let w = r

@@ -33,6 +33,12 @@ if now < 0 then
   min_ttl_ms = 1
 end
 
+-- Stores the arrival time with a violation streak, kept until `keep_until`.
+local function store_streak(tat_, strikes_, last_, until_, keep_until)
+  redis.call('SET', KEYS[1], string.format('%.0f:%d:%.0f:%.0f', tat_, strikes_, last_, until_),
+    'PX', math.max(math.ceil((keep_until - now) / 1000), min_ttl_ms))
+end
+
 local tat, strikes, last, blocked_until = now, 0, 0, 0
 local state = redis.call('GET', KEYS[1])
 if state then
@@ -78,8 +84,7 @@ if now >= allow_at then
     -- The streak is remembered (as it was written: decay counts from the last violation)
     -- until it has fully decayed.
     local keep_until = math.max(new_tat, blocked_until, last + decay * strikes)
-    redis.call('SET', KEYS[1], string.format('%.0f:%d:%.0f:%.0f', new_tat, strikes, last, blocked_until),
-      'PX', math.max(math.ceil((keep_until - now) / 1000), min_ttl_ms))
+    store_streak(new_tat, strikes, last, blocked_until, keep_until)
   else
     redis.call('SET', KEYS[1], new_tat, 'PX', math.max(math.ceil((new_tat - now) / 1000), min_ttl_ms))
   end
@@ -103,6 +108,5 @@ if left > tonumber(ARGV[6]) then
   reset = math.max(reset, retry)
 end
 local keep_until = math.max(tat, until_, now + decay * left)
-redis.call('SET', KEYS[1], string.format('%.0f:%d:%.0f:%.0f', tat, left, now, until_),
-  'PX', math.max(math.ceil((keep_until - now) / 1000), min_ttl_ms))
+store_streak(tat, left, now, until_, keep_until)
 return { 0, 0, reset, retry, left, blocked }
