@@ -323,6 +323,13 @@ async fn refresh_loop(inner: Weak<Inner>, every: Duration) {
     }
 }
 
+/// An override that decides by itself, without the quota.
+#[derive(Clone, Copy)]
+enum Decisive {
+    Exempt,
+    Block(Option<SystemTime>),
+}
+
 /// A Redis round trip still to make: the breaker's permit and what to ask.
 struct SharedCall {
     permit: Permit,
@@ -476,13 +483,49 @@ impl RateLimiter {
         tier: Tier,
         class: EndpointClass,
     ) -> Option<Decision> {
-        if self.inner.shared.is_some() {
+        let inner = &*self.inner;
+        if inner.shared.is_some() {
             return None;
         }
-        // Without Redis every decision is made here: `decide_now` never asks for a round trip.
-        let d = self.decide_now(subject, tier, class).ok()?;
-        self.inner.counters.record(&d);
+        let d = match self.overridden(subject, class) {
+            Ok(custom) => inner
+                .local
+                .decide(subject, tier, class, custom, DecisionSource::Local),
+            Err(rule) => self.override_decision(rule, tier, class),
+        };
+        inner.counters.record(&d);
         Some(d)
+    }
+
+    /// The custom quota of a live quota override of `subject` (`Ok(None)` without one), or the
+    /// override that decides by itself (exempt, block).
+    #[inline(always)]
+    fn overridden(
+        &self,
+        subject: &Subject,
+        class: EndpointClass,
+    ) -> Result<Option<Quota>, Decisive> {
+        let inner = &*self.inner;
+        if !inner.has_overrides.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let overrides = inner.overrides.load();
+        match overrides.get(subject) {
+            Some(entry) if entry.is_live(SystemTime::now()) => match entry.rule {
+                Override::Exempt => Err(Decisive::Exempt),
+                Override::Block => Err(Decisive::Block(entry.expires_at)),
+                Override::Quota { .. } => Ok(entry.rule.quota_for(class)),
+            },
+            _ => Ok(None),
+        }
+    }
+
+    #[cold]
+    fn override_decision(&self, rule: Decisive, tier: Tier, class: EndpointClass) -> Decision {
+        match rule {
+            Decisive::Exempt => self.exempt(tier, class),
+            Decisive::Block(until) => self.blocked(tier, class, until),
+        }
     }
 
     /// The synchronous part of a decision; `Err` when Redis must be asked.
@@ -494,19 +537,10 @@ impl RateLimiter {
         class: EndpointClass,
     ) -> Result<Decision, SharedCall> {
         let inner = &*self.inner;
-        let mut custom = None;
-        if inner.has_overrides.load(Ordering::Acquire) {
-            let overrides = inner.overrides.load();
-            if let Some(entry) = overrides.get(subject)
-                && entry.is_live(SystemTime::now())
-            {
-                match entry.rule {
-                    Override::Exempt => return Ok(self.exempt(tier, class)),
-                    Override::Block => return Ok(self.blocked(tier, class, entry.expires_at)),
-                    Override::Quota { .. } => custom = entry.rule.quota_for(class),
-                }
-            }
-        }
+        let custom = match self.overridden(subject, class) {
+            Ok(custom) => custom,
+            Err(rule) => return Ok(self.override_decision(rule, tier, class)),
+        };
         let Some(shared) = &inner.shared else {
             return Ok(inner
                 .local
