@@ -522,3 +522,52 @@ async fn an_unreachable_redis_starts_degraded_and_never_fails_requests() {
     let l2 = stats.l2.unwrap();
     assert!(l2.errors + l2.skipped > 0);
 }
+
+/// Connections the server has accepted since it started.
+async fn connections_received(client: &Client) -> u64 {
+    let info: String = client
+        .info(Some(fred::types::InfoKind::Stats))
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("INFO stats has total_connections_received")
+}
+
+/// An idle cache keeps its connections: none is taken for unresponsive and reopened. (With
+/// fred's `replicas` feature on, the `ROLE` it sends after connecting left the connection
+/// looking unresponsive once idle, and it was reset about every second, with a warning each
+/// time.) A server of this test's own, so no other test's connections are counted.
+#[tokio::test]
+async fn an_idle_cache_keeps_its_connections() {
+    let server = unite_testkit::RedisServer::start()
+        .unwrap_or_else(|e| panic!("starting a private redis-server: {e}"));
+    let cache = Cache::builder()
+        .redis_url(server.url())
+        .namespace("idle:")
+        .build()
+        .await
+        .unwrap();
+    cache
+        .set("k", &contact(1), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(cache.provider(), Provider::Redis);
+    let observer = Client::new(Config::from_url(&server.url()).unwrap(), None, None, None);
+    observer.init().await.unwrap();
+
+    // Longer than the unresponsive bound (4 × the command timeout, at least 1 s) twice over.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = connections_received(&observer).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let after = connections_received(&observer).await;
+    assert_eq!(
+        after - before,
+        0,
+        "the idle cache reconnected {} times in 2.5 s",
+        after - before
+    );
+    assert_eq!(cache.get::<Contact>("k").await.unwrap(), Some(contact(1)));
+    observer.quit().await.unwrap();
+}
