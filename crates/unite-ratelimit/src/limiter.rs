@@ -441,6 +441,12 @@ impl RateLimiter {
     /// overrides, or while the breaker is open) the returned [`Check`] is already complete, so
     /// `check(..).now_or_never()` answers without a runtime.
     pub fn check(&self, subject: &Subject, tier: Tier, class: EndpointClass) -> Check {
+        if self.inner.shared.is_none() {
+            // The in-process path, with the decision built in place (see `check_now`).
+            return Check {
+                state: CheckState::Ready(self.check_now(subject, tier, class)),
+            };
+        }
         match self.decide_now(subject, tier, class) {
             Ok(d) => {
                 self.inner.counters.record(&d);
