@@ -548,6 +548,7 @@ impl RateLimiter {
             Err(rule) => return Ok(self.override_decision(rule, tier, class)),
         };
         let Some(shared) = &inner.shared else {
+            // Not reached: without Redis, `check` and `check_now` decide in place.
             return Ok(inner
                 .local
                 .decide(subject, tier, class, custom, DecisionSource::Local));
