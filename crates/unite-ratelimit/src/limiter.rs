@@ -441,13 +441,13 @@ impl RateLimiter {
     /// overrides, or while the breaker is open) the returned [`Check`] is already complete, so
     /// `check(..).now_or_never()` answers without a runtime.
     pub fn check(&self, subject: &Subject, tier: Tier, class: EndpointClass) -> Check {
-        if self.inner.shared.is_none() {
+        let Some(shared) = &self.inner.shared else {
             // The in-process path, with the decision built in place (see `check_now`).
             return Check {
                 state: CheckState::Ready(self.check_now(subject, tier, class)),
             };
-        }
-        match self.decide_now(subject, tier, class) {
+        };
+        match self.decide_now(shared, subject, tier, class) {
             Ok(d) => {
                 self.inner.counters.record(&d);
                 Check {
@@ -534,10 +534,11 @@ impl RateLimiter {
         }
     }
 
-    /// The synchronous part of a decision; `Err` when Redis must be asked.
+    /// The synchronous part of a shared-mode decision; `Err` when Redis must be asked.
     #[inline]
     fn decide_now(
         &self,
+        shared: &Shared,
         subject: &Subject,
         tier: Tier,
         class: EndpointClass,
@@ -546,12 +547,6 @@ impl RateLimiter {
         let custom = match self.overridden(subject, class) {
             Ok(custom) => custom,
             Err(rule) => return Ok(self.override_decision(rule, tier, class)),
-        };
-        let Some(shared) = &inner.shared else {
-            // Not reached: without Redis, `check` and `check_now` decide in place.
-            return Ok(inner
-                .local
-                .decide(subject, tier, class, custom, DecisionSource::Local));
         };
         let quota = custom.unwrap_or_else(|| inner.config.tiers.quota(tier, class));
         let policy = if custom.is_some() {
