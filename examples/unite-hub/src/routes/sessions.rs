@@ -67,13 +67,12 @@ fn now_secs() -> i64 {
 /// this is on the path of every request that carries a token.
 pub fn session_key(token_hash: &[u8; 32]) -> String {
     const PREFIX: &str = "session:v1:";
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut key = String::with_capacity(PREFIX.len() + 64);
+    let mut hex = [0u8; 64];
+    // Two hex digits a byte: 64 for 32, the one length `encode_to_slice` accepts here.
+    let _ = hex::encode_to_slice(token_hash, &mut hex);
+    let mut key = String::with_capacity(PREFIX.len() + hex.len());
     key.push_str(PREFIX);
-    for b in token_hash {
-        key.push(char::from(HEX[usize::from(b >> 4)]));
-        key.push(char::from(HEX[usize::from(b & 0x0f)]));
-    }
+    key.extend(hex.iter().copied().map(char::from));
     key
 }
 
