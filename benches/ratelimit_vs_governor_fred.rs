@@ -4,7 +4,7 @@
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use fred::prelude::*;
@@ -147,17 +147,30 @@ fn shared(c: &mut Criterion) {
             .map(|s| gcra.key(s, EndpointClass::Default))
             .collect()
     };
-    let args: Vec<i64> = vec![1, 1_000_000, 1_000_000, 600_000_000, 60_000_000, 0, -1, 1];
+    // The roomy quota (T = 1 µs, burst 1,000,000), the time as the limiter sends it (this
+    // machine's clock stands in for its reading of the server's), one decision wanted, and
+    // penalties as the limiter's defaults.
+    let settings = "1000000 600000000 60000000 0 1";
     let mut i = 0usize;
     group.bench_function("fred_evalsha_gcra_script", |b| {
         b.to_async(&rt).iter(|| {
             i = (i + 1) % raw_keys.len();
             let keys = raw_keys[i].as_str();
-            let args = args.clone();
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_micros();
+            let args: Vec<Value> = vec![
+                Value::Integer(1),
+                Value::Integer(999_999),
+                Value::Integer(i64::try_from(now).unwrap()),
+                Value::Integer(1),
+                Value::from(settings),
+            ];
             let client = &client;
             let sha = gcra_sha.as_str();
             async move {
-                let v: Vec<i64> = client.evalsha(sha, keys, args).await.unwrap();
+                let v: Value = client.evalsha(sha, keys, args).await.unwrap();
                 black_box(v)
             }
         });

@@ -300,7 +300,8 @@ fn default_breaker(clock: Option<Arc<dyn Clock>>) -> Result<CircuitBreaker, Erro
         .map_err(|e| Error::config("breaker", e.to_string()))
 }
 
-/// Re-reads the overrides whenever their version changes, and sweeps the local limiter.
+/// Re-reads the overrides whenever their version changes, measures the offset to the Redis
+/// server's clock, and sweeps the local limiter.
 async fn refresh_loop(inner: Weak<Inner>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -314,6 +315,11 @@ async fn refresh_loop(inner: Weak<Inner>, every: Duration) {
             tracing::debug!(%error, "rate-limit override refresh failed; keeping the cached set");
         }
         if let Some(shared) = &limiter.inner.shared {
+            if shared.breaker.state() != unite_breaker::State::Open
+                && let Err(error) = shared.gcra.sync_clock().await
+            {
+                tracing::debug!(%error, "rate-limit clock sync failed; keeping the last offset");
+            }
             limiter.inner.local.set_extra_active(shared.active_blocks());
             if let Some(reservations) = &shared.reservations {
                 reservations.sweep();

@@ -2,21 +2,32 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
 
 use fred::clients::{Client, WithOptions};
 use fred::interfaces::{ClientLike, LuaInterface};
 use fred::types::config::Options;
+use fred::types::{ClusterHash, CustomCommand, Value};
 
 use crate::{Decision, DecisionSource, EndpointClass, Error, PenaltyConfig, Quota, Subject, Tier};
 
 /// The decision script (GCRA with escalating penalties). Its SHA-1 is what `EVALSHA` sends.
 pub const GCRA_SCRIPT: &str = include_str!("lua/gcra.lua");
 
-/// Strips the penalty streak from a key's state and keeps its arrival time (and its TTL).
+/// Strips the penalty streak from a key's state and keeps its arrival time, with the expiry the
+/// decision script gives a plain state (ARGV[1]: now, as for a decision).
 const FORGIVE_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
-    if v then local tat = string.match(v, '^(%d+):') \
-    if tat then redis.call('SET', KEYS[1], tat, 'KEEPTTL') end end";
+    local tat = v and tonumber(string.match(v, '^(%d+):')) \
+    if tat then local now = tonumber(ARGV[1]) \
+    if now < 0 then local time = redis.call('TIME') now = time[1] * 1000000 + time[2] end \
+    local expires = (math.floor(tat / 1000000) + 2) * 1000000 \
+    redis.call('SET', KEYS[1], tat, 'PX', math.max(math.ceil((expires - now) / 1000), 1)) end";
+
+/// The shortest expiry the script gives a key, in milliseconds: 1 by the server's clock, 10
+/// minutes under a test clock, so keys outlive the test by the real clock.
+const MIN_TTL_MS: i64 = 1;
+const TEST_CLOCK_MIN_TTL_MS: i64 = 600_000;
 
 fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
@@ -24,6 +35,37 @@ fn micros(d: Duration) -> i64 {
 
 fn from_micros(us: i64) -> Duration {
     Duration::from_micros(u64::try_from(us).unwrap_or(0))
+}
+
+/// This instance's reading of the Redis server's clock: the server's `TIME` less a local
+/// monotonic clock, measured by [`RedisGcra::sync_clock`]. Decisions send the server's time
+/// from it, so every instance decides by one clock without the script reading it (`TIME` is
+/// the dearest command of a decision after the write). Its error is at most half the round
+/// trip of the last measurement, plus the drift of the local clock since (parts per million).
+struct ServerClock {
+    anchor: Instant,
+    /// Server microseconds since the Unix epoch less local microseconds since `anchor`;
+    /// `UNSYNCED` until the first measurement, and the script reads `TIME` itself.
+    offset: AtomicI64,
+}
+
+const UNSYNCED: i64 = i64::MIN;
+
+impl ServerClock {
+    fn new() -> Self {
+        Self {
+            anchor: Instant::now(),
+            offset: AtomicI64::new(UNSYNCED),
+        }
+    }
+
+    /// The server's time in microseconds since the Unix epoch, or -1 (read it in the script).
+    fn now_micros(&self) -> i64 {
+        match self.offset.load(Ordering::Relaxed) {
+            UNSYNCED => -1,
+            offset => micros(self.anchor.elapsed()).saturating_add(offset),
+        }
+    }
 }
 
 /// The Redis side of the shared limiter: one `EVALSHA` (one round trip) per decision, so any
@@ -42,6 +84,7 @@ pub struct RedisGcra {
     sha: Arc<str>,
     prefix: Arc<str>,
     timeout: Duration,
+    clock: Arc<ServerClock>,
 }
 
 impl fmt::Debug for RedisGcra {
@@ -50,6 +93,7 @@ impl fmt::Debug for RedisGcra {
             .field("sha", &self.sha)
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
+            .field("clock_synced", &(self.clock.now_micros() >= 0))
             .finish_non_exhaustive()
     }
 }
@@ -68,7 +112,52 @@ impl RedisGcra {
             sha: fred::util::sha1_hash(GCRA_SCRIPT).into(),
             prefix: key_prefix.into().into(),
             timeout,
+            clock: Arc::new(ServerClock::new()),
         }
+    }
+
+    /// The Redis server's time as this instance reads it from its last
+    /// [`sync_clock`](Self::sync_clock); `None` before the first one.
+    #[must_use]
+    pub fn server_time(&self) -> Option<std::time::SystemTime> {
+        let now = u64::try_from(self.clock.now_micros()).ok()?;
+        std::time::UNIX_EPOCH.checked_add(Duration::from_micros(now))
+    }
+
+    /// Measures this instance's offset to the Redis server's clock (`TIME`, one round trip),
+    /// which decisions then send instead of having the script read the clock. Until the first
+    /// measurement succeeds the script reads it itself, so decisions are right either way;
+    /// [`RateLimiter`](crate::RateLimiter) measures at start and on every refresh (≤ 1 s).
+    ///
+    /// # Errors
+    /// [`Error::Redis`], [`Error::Timeout`], or [`Error::Protocol`] on an unexpected reply.
+    pub async fn sync_clock(&self) -> Result<(), Error> {
+        let time = CustomCommand::new_static("TIME", ClusterHash::Random, false);
+        let before = self.clock.anchor.elapsed();
+        let reply = match tokio::time::timeout(
+            self.timeout,
+            self.client.custom::<Vec<i64>, Value>(time, Vec::new()),
+        )
+        .await
+        {
+            Ok(r) => r?,
+            Err(_) => return Err(Error::Timeout(self.timeout)),
+        };
+        let after = self.clock.anchor.elapsed();
+        let [secs, us] = reply[..] else {
+            return Err(Error::Protocol(format!(
+                "TIME: expected 2 integers, got {}",
+                reply.len()
+            )));
+        };
+        // The server read its clock somewhere within the round trip: the middle of it.
+        let local = micros(before + (after - before) / 2);
+        let offset = secs
+            .saturating_mul(1_000_000)
+            .saturating_add(us)
+            .saturating_sub(local);
+        self.clock.offset.store(offset, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The SHA-1 of the script.
@@ -142,26 +231,35 @@ impl RedisGcra {
         want: u32,
     ) -> Result<(Decision, u32), Error> {
         let key = self.key(subject, class);
+        let t = i64::try_from(quota.emission_micros()).unwrap_or(i64::MAX);
+        let tau = t.saturating_mul(i64::from(quota.burst().get()) - 1);
+        let want = want.max(1);
         let (base, max) = if penalty.enabled {
             (micros(penalty.base).max(1), micros(penalty.max).max(1))
         } else {
             (0, 0)
         };
-        let args = [
-            i64::try_from(quota.emission_micros()).unwrap_or(i64::MAX),
-            i64::from(quota.burst().get()),
-            base,
-            max,
+        let (now, min_ttl) = match at {
+            Some(at) => (micros(at), TEST_CLOCK_MIN_TTL_MS),
+            None => (self.clock.now_micros(), MIN_TTL_MS),
+        };
+        let settings = format!(
+            "{base} {max} {} {} {min_ttl}",
             micros(penalty.decay_after).max(1),
-            i64::from(penalty.free_strikes),
-            at.map_or(-1, micros),
-            i64::from(want.max(1)),
+            penalty.free_strikes
+        );
+        let args = [
+            Value::Integer(t),
+            Value::Integer(tau),
+            Value::Integer(now),
+            Value::Integer(i64::from(want)),
+            Value::String(settings.into()),
         ];
         let call = async {
             // The key is cloned only for the rare retry after NOSCRIPT.
             match self
                 .client
-                .evalsha::<Vec<i64>, _, _, _>(&*self.sha, key.as_str(), args.to_vec())
+                .evalsha::<Value, _, _, _>(&*self.sha, key.as_str(), args.to_vec())
                 .await
             {
                 Err(e) if e.details().starts_with("NOSCRIPT") => {
@@ -169,7 +267,7 @@ impl RedisGcra {
                         .script_load_cluster::<(), _>(GCRA_SCRIPT)
                         .await?;
                     self.client
-                        .evalsha::<Vec<i64>, _, _, _>(&*self.sha, key.as_str(), args.to_vec())
+                        .evalsha::<Value, _, _, _>(&*self.sha, key.as_str(), args.to_vec())
                         .await
                 }
                 other => other,
@@ -179,13 +277,34 @@ impl RedisGcra {
             Ok(r) => r?,
             Err(_) => return Err(Error::Timeout(self.timeout)),
         };
-        let [granted, remaining, reset, retry, strikes, blocked] = reply[..] else {
-            return Err(Error::Protocol(format!(
-                "expected 6 integers, got {}",
-                reply.len()
-            )));
+        let (granted, remaining, reset, retry, strikes, blocked) = match reply {
+            // Everything wanted was granted, with no streak to report: the reset alone.
+            Value::Integer(reset) => {
+                let remaining = (tau + t - reset).max(0) / t.max(1);
+                (i64::from(want), remaining, reset, 0, 0, 0)
+            }
+            Value::Array(values) => match values[..] {
+                [
+                    Value::Integer(granted),
+                    Value::Integer(remaining),
+                    Value::Integer(reset),
+                    Value::Integer(retry),
+                    Value::Integer(strikes),
+                    Value::Integer(blocked),
+                ] => (granted, remaining, reset, retry, strikes, blocked),
+                _ => {
+                    return Err(Error::Protocol(format!(
+                        "expected 6 integers, got {values:?}"
+                    )));
+                }
+            },
+            other => {
+                return Err(Error::Protocol(format!(
+                    "expected an integer or 6 integers, got {other:?}"
+                )));
+            }
         };
-        let granted = u32::try_from(granted).unwrap_or(0).min(want.max(1));
+        let granted = u32::try_from(granted).unwrap_or(0).min(want);
         let allowed = granted > 0;
         let decision = Decision {
             allowed,
@@ -215,7 +334,7 @@ impl RedisGcra {
             let strip = self.client.eval::<(), _, _, _>(
                 FORGIVE_SCRIPT,
                 self.key(subject, class),
-                Vec::<i64>::new(),
+                self.clock.now_micros(),
             );
             match tokio::time::timeout(self.timeout, strip).await {
                 Ok(r) => r?,

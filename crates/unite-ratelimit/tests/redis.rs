@@ -493,3 +493,158 @@ async fn reservations_save_round_trips_and_never_allow_more_than_the_quota_toget
     );
     assert!(a.stats().reserved_keys == 1 && b.stats().reserved_keys == 1);
 }
+
+/// The server's time in microseconds, read before anything it is compared with.
+async fn server_micros(client: &Client) -> i64 {
+    let time: Vec<i64> = client
+        .custom(
+            fred::types::CustomCommand::new_static("TIME", fred::types::ClusterHash::Random, false),
+            Vec::<fred::types::Value>::new(),
+        )
+        .await
+        .unwrap();
+    time[0] * 1_000_000 + time[1]
+}
+
+#[tokio::test]
+async fn a_synced_clock_reads_the_server_clock_and_decides_as_the_script_would() {
+    let redis = TestRedis::new().await;
+    let synced = RedisGcra::new(redis.client(), redis.prefix(), Duration::from_secs(5));
+    let unsynced = RedisGcra::new(redis.client(), redis.prefix(), Duration::from_secs(5));
+    assert_eq!(
+        synced.server_time(),
+        None,
+        "no reading before the first sync"
+    );
+    synced.sync_clock().await.unwrap();
+    let read = synced.server_time().expect("a reading after a sync");
+    let server = server_micros(&redis.client()).await;
+    let read = i64::try_from(
+        read.duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros(),
+    )
+    .unwrap();
+    // A wrong offset (a unit or a sign) is off by years; a right one by a round trip.
+    assert!(
+        (read - server).abs() < 1_000_000,
+        "this instance reads {read}, the server said {server}"
+    );
+    // The instance sending its reading and the one letting the script read TIME share one
+    // budget of 10 an hour: exactly 10 pass between them.
+    let quota = Quota::per_hour(nz(10));
+    let s = Subject::user("clock");
+    let penalty = PenaltyConfig::disabled();
+    let mut allowed = 0;
+    for i in 0..30 {
+        let gcra = if i % 2 == 0 { &synced } else { &unsynced };
+        let d = gcra
+            .check(
+                &s,
+                Tier::Free,
+                EndpointClass::Default,
+                quota,
+                "default",
+                &penalty,
+                None,
+            )
+            .await
+            .unwrap();
+        allowed += u32::from(d.allowed);
+        if d.allowed {
+            assert_eq!(d.remaining, 10 - allowed, "{d:?}");
+        }
+    }
+    assert_eq!(allowed, 10);
+}
+
+#[tokio::test]
+async fn a_key_never_expires_before_its_arrival_time() {
+    let redis = TestRedis::new().await;
+    let client = redis.client();
+    let gcra = RedisGcra::new(client.clone(), redis.prefix(), Duration::from_secs(5));
+    gcra.sync_clock().await.unwrap();
+    // 1,000 a second with a burst of 100,000: the arrival time may run 100 s ahead, so
+    // reservations of 1,000 move it a whole second each (a new expiry every time) and single
+    // decisions move it within one second (the expiry kept).
+    let quota = Quota::per_second(nz(1000)).with_burst(nz(100_000));
+    let penalty = PenaltyConfig::disabled();
+    let s = Subject::user("expiry");
+    let key = gcra.key(&s, EndpointClass::Default);
+    let mut moved_a_second = 0;
+    for i in 0..200u32 {
+        let want = if i % 4 == 0 { 1000 } else { 1 + i % 7 };
+        let (d, granted) = gcra
+            .reserve(
+                &s,
+                Tier::Free,
+                EndpointClass::Default,
+                quota,
+                "default",
+                &penalty,
+                None,
+                want,
+            )
+            .await
+            .unwrap();
+        assert!(
+            d.allowed && granted == want,
+            "{i}: {d:?}, {granted} of {want}"
+        );
+        moved_a_second += u32::from(want == 1000);
+        // Server time first: the expiry computed from it is never later than the real one.
+        let now = server_micros(&client).await;
+        let tat: i64 = client
+            .get::<String, _>(&key)
+            .await
+            .unwrap()
+            .parse()
+            .unwrap();
+        let ttl_ms: i64 = client.pttl(&key).await.unwrap();
+        assert!(ttl_ms > 0, "{i}: the plain state has an expiry ({ttl_ms})");
+        let expires = now + ttl_ms * 1000;
+        assert!(
+            expires >= tat,
+            "{i}: expires at {expires}, before its arrival time {tat}"
+        );
+        assert!(
+            expires <= tat + 3_000_000,
+            "{i}: expires at {expires}, long after its arrival time {tat}"
+        );
+        // The reply's reset is the arrival time, from the server's clock.
+        assert!((tat - now - i64::try_from(d.reset.as_micros()).unwrap()).abs() < 1_000_000);
+    }
+    assert_eq!(moved_a_second, 50);
+
+    // Forgiving a streak leaves the plain state with the same expiry rule.
+    let strict = Quota::per_hour(nz(1));
+    let penalty = PenaltyConfig::default();
+    let s = Subject::user("forgiven");
+    let key = gcra.key(&s, EndpointClass::Default);
+    for _ in 0..2 {
+        gcra.check(
+            &s,
+            Tier::Free,
+            EndpointClass::Default,
+            strict,
+            "default",
+            &penalty,
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    gcra.forgive(&s).await.unwrap();
+    let now = server_micros(&client).await;
+    let tat: i64 = client
+        .get::<String, _>(&key)
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    let expires = now + client.pttl::<i64, _>(&key).await.unwrap() * 1000;
+    assert!(
+        expires >= tat && expires <= tat + 3_000_000,
+        "{expires} for {tat}"
+    );
+}
