@@ -3,10 +3,11 @@
 //!
 //! Needs the Postgres at `DATABASE_URL` (default: the local server; `scripts/services.sh up`).
 
-use std::cell::Cell;
-use std::future::Future;
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod common;
+use common::paired::{Timed, Totals, paired};
 
 use bb8_postgres::PostgresConnectionManager;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -135,77 +136,6 @@ fn checkout_and_select_1(c: &mut Criterion) {
     group.finish();
     get_query.report("unite_pool/get+query vs raw_bb8_postgres/get+query");
     query.report("unite_pool/query vs raw_bb8_postgres/get+query_typed");
-}
-
-/// Which side of a pair criterion times.
-#[derive(Clone, Copy)]
-enum Timed {
-    Raw,
-    Unite,
-}
-
-/// Time spent in each side over every interleaved pair (warm-up included), for a ratio that
-/// the machine's drifting load affects equally.
-#[derive(Default)]
-struct Totals {
-    raw: Cell<Duration>,
-    unite: Cell<Duration>,
-    pairs: Cell<u64>,
-}
-
-impl Totals {
-    fn report(&self, what: &str) {
-        let ratio = self.unite.get().as_secs_f64() / self.raw.get().as_secs_f64();
-        eprintln!(
-            "paired ratio {what}: {ratio:.3} (mean {:.2} µs vs {:.2} µs over {} interleaved pairs)",
-            mean_micros(self.unite.get(), self.pairs.get()),
-            mean_micros(self.raw.get(), self.pairs.get()),
-            self.pairs.get()
-        );
-    }
-}
-
-#[expect(clippy::cast_precision_loss, reason = "a bench report")]
-fn mean_micros(total: Duration, n: u64) -> f64 {
-    total.as_secs_f64() * 1e6 / n.max(1) as f64
-}
-
-/// Runs the raw and the unite call alternately `iters` times (which goes first alternates
-/// too); returns the time of the side criterion measures, and adds both sides to `totals`.
-async fn paired<R, RF, U, UF, A, B>(
-    iters: u64,
-    timed: Timed,
-    raw: R,
-    unite: U,
-    totals: &Totals,
-) -> Duration
-where
-    R: Fn() -> RF,
-    RF: Future<Output = A>,
-    U: Fn() -> UF,
-    UF: Future<Output = B>,
-{
-    let (mut raw_total, mut unite_total) = (Duration::ZERO, Duration::ZERO);
-    for i in 0..iters {
-        let raw_first = i % 2 == 0;
-        for turn in 0..2 {
-            let start = Instant::now();
-            if (turn == 0) == raw_first {
-                black_box(raw().await);
-                raw_total += start.elapsed();
-            } else {
-                black_box(unite().await);
-                unite_total += start.elapsed();
-            }
-        }
-    }
-    totals.raw.set(totals.raw.get() + raw_total);
-    totals.unite.set(totals.unite.get() + unite_total);
-    totals.pairs.set(totals.pairs.get() + iters);
-    match timed {
-        Timed::Raw => raw_total,
-        Timed::Unite => unite_total,
-    }
 }
 
 /// A checkout and its return alone, without the checkout test (no network): what the pool

@@ -1,10 +1,14 @@
 //! Local decision vs raw governor `check_key`; shared decision vs a raw fred `EVALSHA` of a
 //! trivial script. Each pair runs side by side in one run.
 
+use std::cell::Cell;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+mod common;
+use common::paired::{Timed, Totals, paired};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use fred::prelude::*;
@@ -201,6 +205,39 @@ fn shared(c: &mut Criterion) {
         });
     });
 
+    // The same pair again, interleaved call by call: the load of a shared machine drifts
+    // between criterion's benchmarks, and the ratio of medians here is the figure to compare
+    // with the goal.
+    let i = Cell::new(0usize);
+    let raw = || async {
+        let v: i64 = client
+            .evalsha(sha.as_str(), Vec::<String>::new(), Vec::<String>::new())
+            .await
+            .unwrap();
+        v
+    };
+    let unite = || {
+        i.set((i.get() + 1) % subjects.len());
+        let subject = &subjects[i.get()];
+        let limiter = &limiter;
+        async move {
+            let d = limiter
+                .check(subject, Tier::Public, EndpointClass::Default)
+                .await;
+            assert_eq!(d.source, unite_ratelimit::DecisionSource::Shared);
+            d.allowed
+        }
+    };
+    let totals = Totals::default();
+    group.bench_function("paired/fred_evalsha_return_1", |b| {
+        b.to_async(&rt)
+            .iter_custom(|iters| paired(iters, Timed::Raw, raw, unite, &totals));
+    });
+    group.bench_function("paired/unite_shared_check", |b| {
+        b.to_async(&rt)
+            .iter_custom(|iters| paired(iters, Timed::Unite, raw, unite, &totals));
+    });
+
     // One busy key with reservations on (up to 64 decisions a round trip, spent within
     // 100 ms): what `reserve` saves a service whose users send many requests each.
     let reserving = rt.block_on(async {
@@ -223,6 +260,7 @@ fn shared(c: &mut Criterion) {
         });
     });
     group.finish();
+    totals.report("shared/unite_shared_check vs shared/fred_evalsha_return_1");
     drop(reserving);
     drop(limiter);
     drop(rt);

@@ -1,0 +1,3 @@
+//! Helpers shared by several benches of the suite.
+
+pub(crate) mod paired;
