@@ -16,7 +16,7 @@ use crate::{Decision, DecisionSource, EndpointClass, Error, PenaltyConfig, Quota
 pub const GCRA_SCRIPT: &str = include_str!("lua/gcra.lua");
 
 /// Strips the penalty streak from a key's state and keeps its arrival time, with the expiry the
-/// decision script gives a plain state (ARGV[1]: now, as for a decision).
+/// decision script gives a plain state by the server's clock (ARGV[1]: now, as for a decision).
 const FORGIVE_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
     local tat = v and tonumber(string.match(v, '^(%d+):')) \
     if tat then local now = tonumber(ARGV[1]) \
@@ -132,7 +132,8 @@ impl RedisGcra {
     /// # Errors
     /// [`Error::Redis`], [`Error::Timeout`], or [`Error::Protocol`] on an unexpected reply.
     pub async fn sync_clock(&self) -> Result<(), Error> {
-        let time = CustomCommand::new_static("TIME", ClusterHash::Random, false);
+        // One node in a cluster (the one holding slot 0), so readings do not hop between nodes.
+        let time = CustomCommand::new_static("TIME", ClusterHash::Custom(0), false);
         let before = self.clock.anchor.elapsed();
         let reply = match tokio::time::timeout(
             self.timeout,
@@ -280,7 +281,7 @@ impl RedisGcra {
         let (granted, remaining, reset, retry, strikes, blocked) = match reply {
             // Everything wanted was granted, with no streak to report: the reset alone.
             Value::Integer(reset) => {
-                let remaining = (tau + t - reset).max(0) / t.max(1);
+                let remaining = tau.saturating_add(t).saturating_sub(reset).max(0) / t.max(1);
                 (i64::from(want), remaining, reset, 0, 0, 0)
             }
             Value::Array(values) => match values[..] {

@@ -31,7 +31,8 @@
 -- Redis writes a whole number without a fraction or an exponent.
 
 local SECOND = 1000000
-local t, tau, now, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local t, tau, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local want = math.max(tonumber(ARGV[4]) or 1, 1)
 if now < 0 then
   local time = redis.call('TIME')
   now = time[1] * SECOND + time[2]
@@ -111,10 +112,11 @@ elseif not plain then
   tat = tat or now
 end
 
--- Writes the arrival time with a violation streak, kept until `keep_until`.
+-- Writes the arrival time with a violation streak, kept until `keep_until`, and never for less
+-- than the plain rule gives the arrival time (a margin for a caller's reading of the clock).
 local function store_streak(tat_, strikes_, last_, until_, keep_until)
   redis.call('SET', KEYS[1], string.format('%.0f:%d:%.0f:%.0f', tat_, strikes_, last_, until_),
-    'PX', math.max(math.ceil((keep_until - now) / 1000), min_ttl_ms))
+    'PX', math.max(math.ceil((keep_until - now) / 1000), plain_ttl(tat_)))
 end
 
 local left = 0
