@@ -8,16 +8,21 @@
 //! metrics routes skip identification and the rate limit: load balancers and scrapers poll them.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{LazyLock, PoisonError, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{ConnectInfo, MatchedPath, Request};
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
+use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::routing::{get, post};
+use tower::{Layer, Service, ServiceBuilder};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use unite_ratelimit::{EndpointClass, RateLimitLayer, TrustedProxies};
@@ -61,12 +66,13 @@ pub fn app(state: AppState) -> Router {
         .route("/api/admin/warm", post(admin::warm))
         .route("/api/admin/warm/status", get(admin::warm_status))
         .fallback(|| async { ApiError::not_found("route") })
-        // `Router::layer` wraps what is already there: the last call is the outermost.
-        .layer(limit_layer)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            sessions::identify,
-        ));
+        // One `layer` call per stack: axum boxes each route's service once per call, and every
+        // request clones each of those boxes.
+        .layer(
+            ServiceBuilder::new()
+                .layer(sessions::IdentifyLayer::new(state.clone()))
+                .layer(limit_layer),
+        );
 
     // A route with no middleware at all, for the load script's side-by-side baseline.
     let bare_route = Router::new().route("/bench/bare", get(bare));
@@ -76,44 +82,87 @@ pub fn app(state: AppState) -> Router {
         .merge(bare_route)
 }
 
-/// Correlation id → trace and error envelope → body and time limits, outermost first.
+/// Correlation id → trace and error envelope → body and time limits, outermost first, in one
+/// `layer` call.
 fn with_common_layers(router: Router<AppState>, state: &AppState) -> Router<AppState> {
-    router
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            state.config.request_timeout,
-        ))
-        .layer(RequestBodyLimitLayer::new(state.config.max_body_bytes))
-        .layer(middleware::from_fn(trace))
-        .layer(CorrelationLayer::new())
+    router.layer(
+        ServiceBuilder::new()
+            .layer(CorrelationLayer::new())
+            .layer(TraceLayer)
+            .layer(RequestBodyLimitLayer::new(state.config.max_body_bytes))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                state.config.request_timeout,
+            )),
+    )
 }
 
 async fn bare() -> &'static str {
     "ok"
 }
 
-/// One log line and the HTTP metrics per request, inside the request's span; error responses
-/// become the JSON envelope (so the log and the metrics see the final status).
-async fn trace(request: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = request.method().clone();
-    let id = request
-        .extensions()
-        .get::<unite_telemetry::CorrelationId>()
-        .copied();
-    let matched = request.extensions().get::<MatchedPath>().cloned();
-    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let response = error_envelope(next.run(request).await, id);
-    let elapsed = start.elapsed();
-    let status = response.status().as_u16();
-    HTTP_METRICS.record(&method, route, status, elapsed);
-    let elapsed_ms = elapsed.as_secs_f64() * 1e3;
-    if status >= 500 {
-        tracing::warn!(%method, route, status, elapsed_ms, "request");
-    } else {
-        tracing::info!(%method, route, status, elapsed_ms, "request");
+/// The trace step: one log line and the HTTP metrics per request, inside the request's span;
+/// error responses become the JSON envelope (so the log and the metrics see the final status).
+/// A tower layer rather than `middleware::from_fn`, which boxes and clones the inner service on
+/// every request: this one calls it in place.
+#[derive(Clone, Copy)]
+struct TraceLayer;
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = Trace<S>;
+
+    fn layer(&self, inner: S) -> Trace<S> {
+        Trace { inner }
     }
-    response
+}
+
+/// The service of [`TraceLayer`].
+#[derive(Clone)]
+struct Trace<S> {
+    inner: S,
+}
+
+impl<S> Service<Request> for Trace<S>
+where
+    S: Service<Request, Error = Infallible>,
+    S::Response: IntoResponse,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let start = Instant::now();
+        let method = request.method().clone();
+        let id = request
+            .extensions()
+            .get::<unite_telemetry::CorrelationId>()
+            .copied();
+        let matched = request.extensions().get::<MatchedPath>().cloned();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = match future.await {
+                Ok(response) => error_envelope(response.into_response(), id),
+                Err(never) => match never {},
+            };
+            let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+            let elapsed = start.elapsed();
+            let status = response.status().as_u16();
+            HTTP_METRICS.record(&method, route, status, elapsed);
+            let elapsed_ms = elapsed.as_secs_f64() * 1e3;
+            if status >= 500 {
+                tracing::warn!(%method, route, status, elapsed_ms, "request");
+            } else {
+                tracing::info!(%method, route, status, elapsed_ms, "request");
+            }
+            Ok(response)
+        })
+    }
 }
 
 /// The HTTP metrics' handles, registered once per route, method and status rather than looked

@@ -29,12 +29,19 @@ fn retry_secs(d: &Decision) -> u64 {
 pub fn apply_headers(headers: &mut HeaderMap, decision: &Decision) {
     let window = ceil_secs(decision.window).max(1);
     let reset = ceil_secs(decision.reset);
-    let policy = format!("\"{}\";q={};w={window}", decision.policy, decision.limit);
-    let state = format!("\"{}\";r={};t={reset}", decision.policy, decision.remaining);
-    if let Ok(v) = HeaderValue::try_from(policy) {
+    headers.reserve(6);
+    let policy = structured(decision.policy, "q=", decision.limit.into(), "w=", window);
+    let state = structured(
+        decision.policy,
+        "r=",
+        decision.remaining.into(),
+        "t=",
+        reset,
+    );
+    if let Some(v) = policy {
         headers.insert(RATELIMIT_POLICY.clone(), v);
     }
-    if let Ok(v) = HeaderValue::try_from(state) {
+    if let Some(v) = state {
         headers.insert(RATELIMIT.clone(), v);
     }
     headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(decision.limit));
@@ -45,6 +52,51 @@ pub fn apply_headers(headers: &mut HeaderMap, decision: &Decision) {
     headers.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(reset));
     if !decision.allowed {
         headers.insert(RETRY_AFTER, HeaderValue::from(retry_secs(decision)));
+    }
+}
+
+/// `"<policy>";<a><x>;<b><y>` as a header value, written into a buffer on the stack rather than
+/// through the formatting machinery: this runs for every response. `None` if it does not fit
+/// (a policy name of over 70 bytes) or is not a valid header value.
+fn structured(policy: &str, a: &str, x: u64, b: &str, y: u64) -> Option<HeaderValue> {
+    let mut out = StackBuf::default();
+    let mut n = itoa::Buffer::new();
+    out.put(b"\"")?;
+    out.put(policy.as_bytes())?;
+    out.put(b"\";")?;
+    out.put(a.as_bytes())?;
+    out.put(n.format(x).as_bytes())?;
+    out.put(b";")?;
+    out.put(b.as_bytes())?;
+    out.put(n.format(y).as_bytes())?;
+    HeaderValue::from_bytes(out.bytes()).ok()
+}
+
+/// A small byte buffer on the stack.
+struct StackBuf {
+    buf: [u8; 128],
+    len: usize,
+}
+
+impl Default for StackBuf {
+    fn default() -> Self {
+        Self {
+            buf: [0; 128],
+            len: 0,
+        }
+    }
+}
+
+impl StackBuf {
+    fn put(&mut self, bytes: &[u8]) -> Option<()> {
+        let end = self.len.checked_add(bytes.len())?;
+        self.buf.get_mut(self.len..end)?.copy_from_slice(bytes);
+        self.len = end;
+        Some(())
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
@@ -94,4 +146,21 @@ pub(crate) fn too_many_requests<B: From<String>>(decision: &Decision) -> Respons
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     apply_headers(response.headers_mut(), decision);
     response
+}
+
+#[cfg(test)]
+mod structured_tests {
+    use super::structured;
+
+    #[test]
+    fn writes_the_structured_field_and_refuses_what_does_not_fit() {
+        let v = structured("default", "r=", 42, "t=", u64::MAX).unwrap();
+        assert_eq!(
+            v.to_str().unwrap(),
+            "\"default\";r=42;t=18446744073709551615"
+        );
+        let long = "p".repeat(100);
+        assert!(structured(&long, "q=", u64::MAX, "w=", u64::MAX).is_none());
+        assert!(structured("bad\nname", "q=", 1, "w=", 1).is_none());
+    }
 }

@@ -1,13 +1,16 @@
 //! Sign-in, session validation (the hot path), and the identification middleware.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use tower::{Layer, Service};
 use unite_ratelimit::{RateLimitSubject, Tier};
 
 use super::Json;
@@ -72,7 +75,8 @@ pub fn session_key(token_hash: &[u8; 32]) -> String {
     let _ = hex::encode_to_slice(token_hash, &mut hex);
     let mut key = String::with_capacity(PREFIX.len() + hex.len());
     key.push_str(PREFIX);
-    key.extend(hex.iter().copied().map(char::from));
+    // Hex digits are ASCII: the check cannot fail, and costs less than pushing char by char.
+    key.push_str(std::str::from_utf8(&hex).unwrap_or_default());
     key
 }
 
@@ -96,9 +100,9 @@ pub async fn lookup(state: &AppState, token: &str) -> Result<Option<SessionInfo>
     Ok(found.filter(|s: &SessionInfo| s.expires_at > now_secs()))
 }
 
-/// Middleware: resolves the bearer token (if any) into an [`Identity`] and, for a user, the
-/// rate-limit subject. Never refuses a request.
-pub async fn identify(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+/// Resolves the bearer token (if any) into an [`Identity`] and, for a user, the rate-limit
+/// subject, both as request extensions. Never refuses a request.
+pub async fn identify(state: &AppState, request: &mut Request) {
     let token = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -106,7 +110,7 @@ pub async fn identify(State(state): State<AppState>, mut request: Request, next:
         .map(str::to_owned);
     let identity = match token {
         None => Identity::Anonymous,
-        Some(token) => match lookup(&state, &token).await {
+        Some(token) => match lookup(state, &token).await {
             Ok(Some(info)) => {
                 request.extensions_mut().insert(RateLimitSubject::new(
                     info.user_id.to_string(),
@@ -119,7 +123,76 @@ pub async fn identify(State(state): State<AppState>, mut request: Request, next:
         },
     };
     request.extensions_mut().insert(identity);
-    next.run(request).await
+}
+
+/// The identification step as a tower layer ([`identify`] before the inner service): a plain
+/// layer rather than `middleware::from_fn`, which boxes the inner service again on every
+/// request.
+#[derive(Clone)]
+pub struct IdentifyLayer {
+    state: AppState,
+}
+
+impl IdentifyLayer {
+    /// Identifies requests against `state`'s cache and database.
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+impl std::fmt::Debug for IdentifyLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentifyLayer").finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for IdentifyLayer {
+    type Service = Identify<S>;
+
+    fn layer(&self, inner: S) -> Identify<S> {
+        Identify {
+            state: self.state.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service of [`IdentifyLayer`].
+#[derive(Clone)]
+pub struct Identify<S> {
+    state: AppState,
+    inner: S,
+}
+
+impl<S> std::fmt::Debug for Identify<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identify").finish_non_exhaustive()
+    }
+}
+
+impl<S> Service<Request> for Identify<S>
+where
+    S: Service<Request> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        // The ready service goes into the future; a clone stays for the next call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let state = self.state.clone();
+        Box::pin(async move {
+            identify(&state, &mut request).await;
+            inner.call(request).await
+        })
+    }
 }
 
 /// `POST /api/sessions` body.
