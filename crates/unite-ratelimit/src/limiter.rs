@@ -3,7 +3,7 @@
 use std::fmt;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -39,6 +39,9 @@ struct Inner {
     shared: Option<Shared>,
     overrides: ArcSwap<OverrideSet>,
     overrides_writer: Mutex<()>,
+    /// Counts this instance's own override writes (under `overrides_writer`), so a refresh
+    /// that read Redis before one of them does not put the older set back.
+    local_override_writes: AtomicU64,
     /// `false` while the set is empty: the common case skips the lookup entirely.
     has_overrides: AtomicBool,
     counters: crate::metrics::DecisionCounters,
@@ -275,6 +278,7 @@ impl Builder {
                 shared,
                 overrides: ArcSwap::from_pointee(OverrideSet::default()),
                 overrides_writer: Mutex::new(()),
+                local_override_writes: AtomicU64::new(0),
                 has_overrides: AtomicBool::new(false),
                 counters: crate::metrics::DecisionCounters::register(),
                 refresher,
@@ -797,6 +801,7 @@ impl RateLimiter {
         let Some(shared) = &self.inner.shared else {
             return Ok(());
         };
+        let writes = self.inner.local_override_writes.load(Ordering::Acquire);
         let version = shared.store.version().await?;
         let entries = shared.store.load().await?;
         let set = OverrideSet::from_entries(entries);
@@ -805,6 +810,11 @@ impl RateLimiter {
             .overrides_writer
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        if self.inner.local_override_writes.load(Ordering::Acquire) != writes {
+            // This instance wrote an override since Redis was read: what was read may predate
+            // it. The version stays old, so the next refresh reads again.
+            return Ok(());
+        }
         self.store_overrides(set);
         shared.version.store(version, Ordering::Release);
         Ok(())
@@ -840,6 +850,9 @@ impl RateLimiter {
         let mut set = self.inner.overrides.load().clone_set();
         f(&mut set);
         self.store_overrides(set);
+        self.inner
+            .local_override_writes
+            .fetch_add(1, Ordering::AcqRel);
     }
 
     /// Clears the penalty state (strikes and blocks) of `subject` in every class, in Redis and

@@ -687,3 +687,46 @@ async fn a_key_never_expires_before_its_arrival_time() {
         );
     }
 }
+
+#[tokio::test]
+async fn without_penalties_an_arrival_time_far_ahead_is_brought_back_and_kept() {
+    let redis = TestRedis::new().await;
+    let client = redis.client();
+    let gcra = RedisGcra::new(client.clone(), redis.prefix(), Duration::from_secs(5));
+    let quota = Quota::per_second(nz(1));
+    let penalty = PenaltyConfig::disabled();
+    for (i, far) in ["inf", "99999999999999999"].into_iter().enumerate() {
+        let s = Subject::user(format!("far-{i}"));
+        let key = gcra.key(&s, EndpointClass::Default);
+        // No expiry: only what the script writes can ever free this key.
+        let _: () = client.set(&key, far, None, None, false).await.unwrap();
+        let check = || {
+            gcra.check(
+                &s,
+                Tier::Free,
+                EndpointClass::Default,
+                quota,
+                "default",
+                &penalty,
+                None,
+            )
+        };
+        let d = check().await.unwrap();
+        assert!(!d.allowed, "{far}: {d:?}");
+        assert!(
+            d.retry_after.unwrap() <= Duration::from_secs(1),
+            "{far}: {d:?}"
+        );
+        let stored: String = client.get(&key).await.unwrap();
+        assert!(stored.parse::<i64>().is_ok(), "{far} kept as {stored:?}");
+        let ttl: i64 = client.pttl(&key).await.unwrap();
+        assert!(
+            ttl > 0,
+            "{far}: the brought-back state has an expiry ({ttl})"
+        );
+        // One interval later the key is served again.
+        tokio::time::sleep(d.retry_after.unwrap() + Duration::from_millis(100)).await;
+        let d = check().await.unwrap();
+        assert!(d.allowed, "{far}: still refused after the interval: {d:?}");
+    }
+}
