@@ -18,6 +18,9 @@ ROUNDS="${ROUNDS:-5}"
 PACED_DURATION="${PACED_DURATION:-10s}"
 CONNECTIONS="${CONNECTIONS:-32}"
 THREADS="${THREADS:-2}"
+case "$ROUNDS" in
+  '' | *[!0-9]* | 0) echo "load: ROUNDS must be a whole number of at least 1, not '$ROUNDS'" >&2; exit 2 ;;
+esac
 
 # shellcheck source=scripts/lib/hub-under-load.sh
 . scripts/lib/hub-under-load.sh
@@ -37,6 +40,10 @@ for round in $(seq "$ROUNDS"); do
   n=$(echo "$cached" | sed -n 's/.*Non-2xx or 3xx responses: \([0-9]*\).*/\1/p')
   non2xx=$((non2xx + ${n:-0}))
   b=$(echo "$bare" | rps); c=$(echo "$cached" | rps)
+  if ! python3 -c "import sys; sys.exit(0 if float('${b:-0}') > 0 and float('${c:-0}') > 0 else 1)"; then
+    echo "load: round $round: wrk reported no requests/s (bare '${b}', cached '${c}'); is the service up at $base?" >&2
+    exit 1
+  fi
   bare_all+=("$b"); cached_all+=("$c")
   ratios+=("$(python3 -c "print(round($c / $b, 3))")")
 done

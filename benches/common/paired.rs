@@ -46,14 +46,16 @@ impl Default for Samples {
 
 impl Samples {
     fn push(&mut self, took: Duration) {
-        if self.calls.is_multiple_of(self.stride) {
+        // Whole pairs of consecutive calls are kept or dropped together: the order within a
+        // pair alternates, and the sample must keep both orders alike.
+        if (self.calls / 2).is_multiple_of(self.stride) {
             self.kept
                 .push(u32::try_from(took.as_nanos()).unwrap_or(u32::MAX));
             if self.kept.len() >= MAX_KEPT {
-                let mut i = 0;
+                let mut i = 0usize;
                 self.kept.retain(|_| {
                     i += 1;
-                    i % 2 == 1
+                    ((i - 1) / 2).is_multiple_of(2)
                 });
                 self.stride *= 2;
             }

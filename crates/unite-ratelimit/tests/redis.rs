@@ -729,4 +729,33 @@ async fn without_penalties_an_arrival_time_far_ahead_is_brought_back_and_kept() 
         let d = check().await.unwrap();
         assert!(d.allowed, "{far}: still refused after the interval: {d:?}");
     }
+    // A small overshoot (another instance's reading of the clock slightly ahead) is refused
+    // without a write: refusals do not move the budget.
+    let s = Subject::user("slightly-ahead");
+    let key = gcra.key(&s, EndpointClass::Default);
+    let ahead = server_micros(&client).await + 1_500_000; // t = 1 s, tau = 0: 0.5 s over
+    let _: () = client
+        .set(&key, ahead, Some(Expiration::EX(60)), None, false)
+        .await
+        .unwrap();
+    let d = gcra
+        .check(
+            &s,
+            Tier::Free,
+            EndpointClass::Default,
+            quota,
+            "default",
+            &penalty,
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(!d.allowed, "{d:?}");
+    let stored: i64 = client
+        .get::<String, _>(&key)
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(stored, ahead, "a refusal wrote the key");
 }

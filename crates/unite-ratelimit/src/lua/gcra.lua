@@ -44,15 +44,16 @@ local plain = tat ~= nil and tat == tat
 -- Set by an allowed decision on a plain state whose write is not finished: 'set' (the value
 -- is not an integer Redis adds to, e.g. "1.5") or 'expire' (a new second: a new expiry).
 local unfinished, granted, new_tat
--- Set when the stored arrival time was brought back within the quota.
+-- Set when the stored arrival time was more than a second further ahead than the quota allows
+-- (more than instances' readings of the clock can differ), and brought back.
 local clamped = false
 if plain then
   local old = tat
   if tat > now + tau + t then
     -- Further ahead than this quota ever leaves it (the quota was lowered, or the server
     -- clock went back): as far ahead as this quota allows.
+    clamped = tat > now + tau + t + SECOND
     tat = now + tau + t
-    clamped = true
   end
   if now >= tat - tau then
     -- Allowed, with no streak to read or keep: the state moves in place.
@@ -104,8 +105,8 @@ elseif not plain then
     if tat then
       strikes, last, blocked_until = tonumber(s), tonumber(l), tonumber(u)
       if tat > now + tau + t then
+        clamped = tat > now + tau + t + SECOND
         tat = now + tau + t
-        clamped = true
       end
       if blocked_until > now + longest then
         blocked_until = now + longest
@@ -152,8 +153,10 @@ local retry = allow_at - now
 local reset = tat - now
 if base == 0 then
   if clamped then
-    -- Penalties are off, so a refusal writes nothing, but a clamped arrival time must be
-    -- kept: otherwise a value far ahead (or without an expiry) would refuse the key forever.
+    -- Penalties are off, so a refusal writes nothing, but an arrival time brought back from
+    -- far ahead must be kept: otherwise such a value (or one without an expiry) would refuse
+    -- the key forever. A small overshoot, another instance's clock reading slightly ahead, is
+    -- left as it is, so refusals do not move the budget.
     redis.call('SET', KEYS[1], tat, 'PX', plain_ttl(tat))
   end
   return { 0, 0, reset, retry, 0, 0 }

@@ -57,7 +57,7 @@ pub fn apply_headers(headers: &mut HeaderMap, decision: &Decision) {
 
 /// `"<policy>";<a><x>;<b><y>` as a header value, written into a buffer on the stack rather than
 /// through the formatting machinery: this runs for every response. `None` if it does not fit
-/// (a policy name of over 70 bytes) or is not a valid header value.
+/// (a policy name of over 80 bytes) or is not a valid header value.
 fn structured(policy: &str, a: &str, x: u64, b: &str, y: u64) -> Option<HeaderValue> {
     let mut out = StackBuf::default();
     let mut n = itoa::Buffer::new();
