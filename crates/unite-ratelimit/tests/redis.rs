@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use fred::prelude::*;
 use fred::types::config::ReconnectPolicy;
 use unite_ratelimit::{
-    DecisionSource, EndpointClass, ManualClock, Override, OverrideEntry, PenaltyConfig, Quota,
-    RateLimiter, RedisGcra, Subject, Tier, TierQuotas,
+    Decision, DecisionSource, EndpointClass, ManualClock, Override, OverrideEntry, PenaltyConfig,
+    Quota, RateLimiter, RedisGcra, Subject, Tier, TierQuotas,
 };
 use unite_testkit::{FaultProxy, Mode, RedisServer, TestRedis};
 
@@ -506,6 +506,58 @@ async fn server_micros(client: &Client) -> i64 {
     time[0] * 1_000_000 + time[1]
 }
 
+/// One decision of `s` in the default class, by the server's clock.
+async fn decide(gcra: &RedisGcra, s: &Subject, quota: Quota, penalty: &PenaltyConfig) -> Decision {
+    gcra.check(
+        s,
+        Tier::Free,
+        EndpointClass::Default,
+        quota,
+        "default",
+        penalty,
+        None,
+    )
+    .await
+    .unwrap()
+}
+
+/// A key's plain state, in the server's microseconds.
+struct PlainState {
+    /// Read before the key, so the expiry computed from it is never later than the real one.
+    now: i64,
+    tat: i64,
+    ttl_ms: i64,
+}
+
+impl PlainState {
+    async fn read(client: &Client, key: &str) -> Self {
+        let now = server_micros(client).await;
+        let tat = client.get::<String, _>(key).await.unwrap().parse().unwrap();
+        let ttl_ms = client.pttl(key).await.unwrap();
+        Self { now, tat, ttl_ms }
+    }
+
+    /// The script's expiry rule: at least a second past the arrival time (the slack covers
+    /// the millisecond rounding of PTTL and the time between reading the clock and PTTL), and
+    /// not long after it.
+    fn assert_expiry_rule(&self, what: &str) {
+        let (tat, ttl_ms) = (self.tat, self.ttl_ms);
+        assert!(
+            ttl_ms > 0,
+            "{what}: the plain state has an expiry ({ttl_ms})"
+        );
+        let expires = self.now + ttl_ms * 1000;
+        assert!(
+            expires >= tat + 500_000,
+            "{what}: expires at {expires}, less than a second after its arrival time {tat}"
+        );
+        assert!(
+            expires <= tat + 3_000_000,
+            "{what}: expires at {expires}, long after its arrival time {tat}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_synced_clock_reads_the_server_clock_and_decides_as_the_script_would() {
     let redis = TestRedis::new().await;
@@ -538,18 +590,7 @@ async fn a_synced_clock_reads_the_server_clock_and_decides_as_the_script_would()
     let mut allowed = 0;
     for i in 0..30 {
         let gcra = if i % 2 == 0 { &synced } else { &unsynced };
-        let d = gcra
-            .check(
-                &s,
-                Tier::Free,
-                EndpointClass::Default,
-                quota,
-                "default",
-                &penalty,
-                None,
-            )
-            .await
-            .unwrap();
+        let d = decide(gcra, &s, quota, &penalty).await;
         allowed += u32::from(d.allowed);
         if d.allowed {
             assert_eq!(d.remaining, 10 - allowed, "{d:?}");
@@ -598,29 +639,11 @@ async fn a_key_never_expires_before_its_arrival_time() {
             d.allowed && granted == want,
             "{i}: {d:?}, {granted} of {want}"
         );
-        // Server time first: the expiry computed from it is never later than the real one.
-        let now = server_micros(&client).await;
-        let tat: i64 = client
-            .get::<String, _>(&key)
-            .await
-            .unwrap()
-            .parse()
-            .unwrap();
-        let ttl_ms: i64 = client.pttl(&key).await.unwrap();
-        assert!(ttl_ms > 0, "{i}: the plain state has an expiry ({ttl_ms})");
-        let expires = now + ttl_ms * 1000;
-        // The rule gives at least a second past the arrival time; the slack covers the
-        // millisecond rounding of PTTL and the time between reading the clock and PTTL.
-        assert!(
-            expires >= tat + 500_000,
-            "{i}: expires at {expires}, less than a second after its arrival time {tat}"
-        );
-        assert!(
-            expires <= tat + 3_000_000,
-            "{i}: expires at {expires}, long after its arrival time {tat}"
-        );
+        let state = PlainState::read(&client, &key).await;
+        state.assert_expiry_rule(&format!("decision {i}"));
         // The reply's reset is the arrival time, from the server's clock.
-        assert!((tat - now - i64::try_from(d.reset.as_micros()).unwrap()).abs() < 1_000_000);
+        let reset = i64::try_from(d.reset.as_micros()).unwrap();
+        assert!((state.tat - state.now - reset).abs() < 1_000_000);
     }
 
     // Forgiving a streak leaves the plain state with the same expiry rule.
@@ -629,62 +652,23 @@ async fn a_key_never_expires_before_its_arrival_time() {
     let s = Subject::user("forgiven");
     let key = gcra.key(&s, EndpointClass::Default);
     for _ in 0..2 {
-        gcra.check(
-            &s,
-            Tier::Free,
-            EndpointClass::Default,
-            strict,
-            "default",
-            &penalty,
-            None,
-        )
-        .await
-        .unwrap();
+        decide(&gcra, &s, strict, &penalty).await;
     }
     gcra.forgive(&s).await.unwrap();
-    let now = server_micros(&client).await;
-    let tat: i64 = client
-        .get::<String, _>(&key)
+    PlainState::read(&client, &key)
         .await
-        .unwrap()
-        .parse()
-        .unwrap();
-    let expires = now + client.pttl::<i64, _>(&key).await.unwrap() * 1000;
-    assert!(
-        expires >= tat + 500_000 && expires <= tat + 3_000_000,
-        "{expires} for {tat}"
-    );
+        .assert_expiry_rule("forgiven");
 
     // A value Redis cannot add to is written afresh, with the same rule.
     let s = Subject::user("junk");
     let key = gcra.key(&s, EndpointClass::Default);
     for junk in ["1.5", "0x10", " 5", "-inf"] {
         let _: () = client.set(&key, junk, None, None, false).await.unwrap();
-        let d = gcra
-            .check(
-                &s,
-                Tier::Free,
-                EndpointClass::Default,
-                quota,
-                "default",
-                &penalty,
-                None,
-            )
-            .await
-            .unwrap();
+        let d = decide(&gcra, &s, quota, &penalty).await;
         assert!(d.allowed, "{junk:?}: {d:?}");
-        let now = server_micros(&client).await;
-        let tat: i64 = client
-            .get::<String, _>(&key)
+        PlainState::read(&client, &key)
             .await
-            .unwrap()
-            .parse()
-            .unwrap();
-        let expires = now + client.pttl::<i64, _>(&key).await.unwrap() * 1000;
-        assert!(
-            expires >= tat + 500_000 && expires <= tat + 3_000_000,
-            "{junk:?}: {expires} for {tat}"
-        );
+            .assert_expiry_rule(&format!("{junk:?}"));
     }
 }
 
@@ -700,18 +684,7 @@ async fn without_penalties_an_arrival_time_far_ahead_is_brought_back_and_kept() 
         let key = gcra.key(&s, EndpointClass::Default);
         // No expiry: only what the script writes can ever free this key.
         let _: () = client.set(&key, far, None, None, false).await.unwrap();
-        let check = || {
-            gcra.check(
-                &s,
-                Tier::Free,
-                EndpointClass::Default,
-                quota,
-                "default",
-                &penalty,
-                None,
-            )
-        };
-        let d = check().await.unwrap();
+        let d = decide(&gcra, &s, quota, &penalty).await;
         assert!(!d.allowed, "{far}: {d:?}");
         assert!(
             d.retry_after.unwrap() <= Duration::from_secs(1),
@@ -726,7 +699,7 @@ async fn without_penalties_an_arrival_time_far_ahead_is_brought_back_and_kept() 
         );
         // One interval later the key is served again.
         tokio::time::sleep(d.retry_after.unwrap() + Duration::from_millis(100)).await;
-        let d = check().await.unwrap();
+        let d = decide(&gcra, &s, quota, &penalty).await;
         assert!(d.allowed, "{far}: still refused after the interval: {d:?}");
     }
     // A small overshoot (another instance's reading of the clock slightly ahead) is refused
@@ -738,18 +711,7 @@ async fn without_penalties_an_arrival_time_far_ahead_is_brought_back_and_kept() 
         .set(&key, ahead, Some(Expiration::EX(60)), None, false)
         .await
         .unwrap();
-    let d = gcra
-        .check(
-            &s,
-            Tier::Free,
-            EndpointClass::Default,
-            quota,
-            "default",
-            &penalty,
-            None,
-        )
-        .await
-        .unwrap();
+    let d = decide(&gcra, &s, quota, &penalty).await;
     assert!(!d.allowed, "{d:?}");
     let stored: i64 = client
         .get::<String, _>(&key)
