@@ -4,7 +4,7 @@ use std::fmt;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use fred::clients::Client;
 use serde::Serialize;
+use tokio::task::AbortHandle;
 use unite_breaker::{BreakerSnapshot, CircuitBreaker, Clock, Permit, Window};
 
 use crate::local::AnyLocal;
@@ -45,7 +46,9 @@ struct Inner {
     /// `false` while the set is empty: the common case skips the lookup entirely.
     has_overrides: AtomicBool,
     counters: crate::metrics::DecisionCounters,
-    refresher: Option<tokio::task::JoinHandle<()>>,
+    /// The refresh task, spawned once `Inner` exists (a task spawned while it is still being
+    /// built could run first, find nothing to upgrade and end for good).
+    refresher: OnceLock<AbortHandle>,
 }
 
 struct Shared {
@@ -79,7 +82,7 @@ impl Shared {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(task) = &self.refresher {
+        if let Some(task) = self.refresher.get() {
             task.abort();
         }
     }
@@ -270,20 +273,21 @@ impl Builder {
             Err(_) if shared.is_none() => None,
             Err(_) => return Err(Error::NoRuntime),
         };
-        let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
-            let refresher = runtime.map(|rt| rt.spawn(refresh_loop(weak.clone(), refresh)));
-            Inner {
-                config,
-                local,
-                shared,
-                overrides: ArcSwap::from_pointee(OverrideSet::default()),
-                overrides_writer: Mutex::new(()),
-                local_override_writes: AtomicU64::new(0),
-                has_overrides: AtomicBool::new(false),
-                counters: crate::metrics::DecisionCounters::register(),
-                refresher,
-            }
+        let inner = Arc::new(Inner {
+            config,
+            local,
+            shared,
+            overrides: ArcSwap::from_pointee(OverrideSet::default()),
+            overrides_writer: Mutex::new(()),
+            local_override_writes: AtomicU64::new(0),
+            has_overrides: AtomicBool::new(false),
+            counters: crate::metrics::DecisionCounters::register(),
+            refresher: OnceLock::new(),
         });
+        if let Some(rt) = runtime {
+            let task = rt.spawn(refresh_loop(Arc::downgrade(&inner), refresh));
+            let _ = inner.refresher.set(task.abort_handle());
+        }
         Ok(RateLimiter { inner })
     }
 }

@@ -302,6 +302,54 @@ async fn overrides_reach_the_other_instance_within_a_second() {
     assert_eq!(listed.len(), 2);
 }
 
+/// Every limiter built keeps refreshing: its background task starts only once the limiter
+/// exists (a task started during construction could run first and end at once, leaving that
+/// instance blind to other instances' overrides for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_instance_built_keeps_refreshing_overrides() {
+    let redis = TestRedis::new().await;
+    let build = || {
+        RateLimiter::builder()
+            .redis(redis.client())
+            .key_prefix(redis.prefix())
+            .command_timeout(Duration::from_secs(5))
+            .override_refresh(Duration::from_millis(50))
+            .build()
+            .unwrap()
+    };
+    let instances: Vec<RateLimiter> = (0..128).map(|_| build()).collect();
+    let writer = build();
+    let subject = Subject::user("seen-everywhere");
+    writer
+        .set_override(OverrideEntry::new(subject.clone(), Override::Exempt))
+        .await
+        .unwrap();
+    let blind = || {
+        instances
+            .iter()
+            .filter(|l| l.cached_override(&subject).is_none())
+            .count()
+    };
+    let started = Instant::now();
+    while blind() > 0 && started.elapsed() < OUTER {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(blind(), 0, "instances that never saw the override");
+    // And a clear reaches them all too.
+    assert!(writer.clear_override(&subject).await.unwrap());
+    let seeing = || {
+        instances
+            .iter()
+            .filter(|l| l.cached_override(&subject).is_some())
+            .count()
+    };
+    let started = Instant::now();
+    while seeing() > 0 && started.elapsed() < OUTER {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seeing(), 0, "instances that never saw the clear");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blackholed_redis_falls_back_locally_and_recovers() {
     let redis = TestRedis::new().await;
