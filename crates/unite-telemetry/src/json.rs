@@ -19,6 +19,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::fmt::{self, Write as _};
+use std::ops::Range;
 
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -154,98 +155,103 @@ where
     )
 }
 
-/// The ids a span carries, kept in the span's extensions, with their JSON rendering.
+/// The id fields, in the order the fragment writes them.
+const ID_FIELDS: [&str; 3] = [CORRELATION_ID_FIELD, TRACE_ID_FIELD, SPAN_ID_FIELD];
+
+/// The ids a span carries, kept in the span's extensions: the JSON fragment every line in the
+/// span copies, and where each (escaped) value sits in it, so that a child span inherits what
+/// it does not declare. The fields' values are escaped straight into the fragment as they are
+/// recorded: one allocation per span.
 #[derive(Debug, Default, Clone)]
 struct SpanIds {
-    correlation_id: Option<String>,
-    trace_id: Option<String>,
-    span_id: Option<String>,
     /// `,"correlation_id":"…","trace_id":"…","span_id":"…"` (the fields present).
     fragment: String,
+    /// The escaped value of each of [`ID_FIELDS`] within `fragment`.
+    values: [Option<Range<usize>>; 3],
 }
 
 impl SpanIds {
     fn is_complete(&self) -> bool {
-        self.correlation_id.is_some() && self.trace_id.is_some() && self.span_id.is_some()
+        self.values.iter().all(Option::is_some)
     }
 
     fn is_empty(&self) -> bool {
-        self.correlation_id.is_none() && self.trace_id.is_none() && self.span_id.is_none()
+        self.values.iter().all(Option::is_none)
     }
 
-    fn inherit(&mut self, parent: &SpanIds) {
-        if self.correlation_id.is_none() {
-            self.correlation_id.clone_from(&parent.correlation_id);
-        }
-        if self.trace_id.is_none() {
-            self.trace_id.clone_from(&parent.trace_id);
-        }
-        if self.span_id.is_none() {
-            self.span_id.clone_from(&parent.span_id);
-        }
+    /// The escaped value of id `i`.
+    fn value(&self, i: usize) -> Option<&str> {
+        self.values[i].clone().and_then(|r| self.fragment.get(r))
     }
 
-    fn merge(&mut self, newer: SpanIds) {
-        if newer.correlation_id.is_some() {
-            self.correlation_id = newer.correlation_id;
+    /// Appends `,"<name of id i>":"<what write appends>"`, and notes where the value is.
+    fn push(&mut self, i: usize, write: impl FnOnce(&mut String)) {
+        if self.fragment.capacity() == 0 {
+            // The three ids of a request span fit without growing.
+            self.fragment.reserve(160);
         }
-        if newer.trace_id.is_some() {
-            self.trace_id = newer.trace_id;
-        }
-        if newer.span_id.is_some() {
-            self.span_id = newer.span_id;
-        }
+        self.fragment.push_str(",\"");
+        self.fragment.push_str(ID_FIELDS[i]);
+        self.fragment.push_str("\":\"");
+        let start = self.fragment.len();
+        write(&mut self.fragment);
+        self.values[i] = Some(start..self.fragment.len());
+        self.fragment.push('"');
     }
 
-    fn render(&mut self) {
-        let mut out = String::with_capacity(128);
-        for (key, value) in [
-            (CORRELATION_ID_FIELD, &self.correlation_id),
-            (TRACE_ID_FIELD, &self.trace_id),
-            (SPAN_ID_FIELD, &self.span_id),
-        ] {
-            if let Some(value) = value {
-                out.push_str(",\"");
-                out.push_str(key);
-                out.push_str("\":");
-                push_json_str(&mut out, value);
+    /// Whether `fragment` holds each present id once, in [`ID_FIELDS`] order, and nothing
+    /// else (true as recorded from one span's fields, declared in that order).
+    fn is_tidy(&self) -> bool {
+        let mut end = 0;
+        for (i, range) in self.values.iter().enumerate() {
+            if let Some(r) = range {
+                // `,"` name `":"` value `"`
+                let key_start = r.start.wrapping_sub(ID_FIELDS[i].len() + 5);
+                if key_start != end {
+                    return false;
+                }
+                end = r.end + 1;
             }
         }
-        self.fragment = out;
+        end == self.fragment.len()
+    }
+
+    /// These ids, each missing one taken from `fallback`, written afresh in order.
+    fn tidied(&self, fallback: Option<&SpanIds>) -> SpanIds {
+        let mut out = SpanIds::default();
+        for i in 0..ID_FIELDS.len() {
+            if let Some(v) = self.value(i).or_else(|| fallback.and_then(|f| f.value(i))) {
+                // Already escaped.
+                out.push(i, |s| s.push_str(v));
+            }
+        }
+        out
     }
 }
 
 fn declares_ids(fields: &tracing::field::FieldSet) -> bool {
-    fields.field(CORRELATION_ID_FIELD).is_some()
-        || fields.field(TRACE_ID_FIELD).is_some()
-        || fields.field(SPAN_ID_FIELD).is_some()
+    ID_FIELDS.iter().any(|name| fields.field(name).is_some())
 }
 
+/// Records the id fields of a span into a [`SpanIds`].
 struct IdVisitor<'a>(&'a mut SpanIds);
 
-impl IdVisitor<'_> {
-    fn slot(&mut self, field: &Field) -> Option<&mut Option<String>> {
-        match field.name() {
-            CORRELATION_ID_FIELD => Some(&mut self.0.correlation_id),
-            TRACE_ID_FIELD => Some(&mut self.0.trace_id),
-            SPAN_ID_FIELD => Some(&mut self.0.span_id),
-            _ => None,
-        }
-    }
+fn id_index(field: &Field) -> Option<usize> {
+    ID_FIELDS.iter().position(|name| *name == field.name())
 }
 
 impl Visit for IdVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if let Some(slot) = self.slot(field) {
-            *slot = Some(value.to_owned());
+        if let Some(i) = id_index(field) {
+            self.0.push(i, |s| push_escaped(s, value));
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if let Some(slot) = self.slot(field) {
-            let mut s = String::new();
-            let _ = write!(s, "{value:?}");
-            *slot = Some(s);
+        if let Some(i) = id_index(field) {
+            self.0.push(i, |s| {
+                let _ = write!(Escaper(s), "{value:?}");
+            });
         }
     }
 }
@@ -264,18 +270,21 @@ where
         let mut ids = SpanIds::default();
         attrs.record(&mut IdVisitor(&mut ids));
         let Some(span) = ctx.span(id) else { return };
-        if !ids.is_complete()
-            && let Some(parent) = span
-                .scope()
+        let inherited = if ids.is_complete() {
+            None
+        } else {
+            span.scope()
                 .skip(1)
-                .find_map(|s| s.extensions().get::<SpanIds>().cloned())
-        {
-            ids.inherit(&parent);
-        }
+                .find_map(|s| s.extensions().get::<SpanIds>().map(|p| ids.tidied(Some(p))))
+        };
+        let ids = match inherited {
+            Some(ids) => ids,
+            None if ids.is_tidy() => ids,
+            None => ids.tidied(None),
+        };
         if ids.is_empty() {
             return;
         }
-        ids.render();
         span.extensions_mut().insert(ids);
     }
 
@@ -288,14 +297,8 @@ where
         let Some(span) = ctx.span(id) else { return };
         let mut ext = span.extensions_mut();
         match ext.get_mut::<SpanIds>() {
-            Some(ids) => {
-                ids.merge(newer);
-                ids.render();
-            }
-            None => {
-                newer.render();
-                ext.insert(newer);
-            }
+            Some(ids) => *ids = newer.tidied(Some(ids)),
+            None => ext.insert(newer.tidied(None)),
         }
     }
 }
@@ -655,5 +658,51 @@ mod tests {
         let back: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(back, serde_json::Value::String(nasty.to_owned()));
         assert!(!out.contains('\n'));
+    }
+
+    fn fragment_object(ids: &SpanIds) -> serde_json::Map<String, serde_json::Value> {
+        let json = format!("{{\"x\":0{}}}", ids.fragment);
+        match serde_json::from_str(&json) {
+            Ok(serde_json::Value::Object(map)) => map,
+            other => panic!("{json}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn span_ids_escape_inherit_and_keep_their_order() {
+        // A child with only a span id (written as `record_debug` writes one), whose value
+        // needs escapes.
+        let mut child = SpanIds::default();
+        child.push(2, |s| {
+            let _ = write!(Escaper(s), "{:?}", "s\"1");
+        });
+        assert!(child.is_tidy());
+        let mut parent = SpanIds::default();
+        parent.push(0, |s| push_escaped(s, "corr\nid"));
+        parent.push(1, |s| push_escaped(s, "trace"));
+        parent.push(2, |s| push_escaped(s, "parent-span"));
+        assert!(parent.is_tidy());
+
+        let ids = child.tidied(Some(&parent));
+        assert!(ids.is_tidy() && ids.is_complete());
+        let keys: Vec<_> = fragment_object(&ids).keys().cloned().collect();
+        let map = fragment_object(&ids);
+        assert_eq!(map["correlation_id"], "corr\nid");
+        assert_eq!(map["trace_id"], "trace");
+        // The child's own value wins; `Debug` of a `&str` quotes it.
+        assert_eq!(map["span_id"], "\"s\\\"1\"");
+        assert_eq!(keys.len(), 4);
+        assert!(ids.fragment.find("correlation_id") < ids.fragment.find("trace_id"));
+        assert!(ids.fragment.find("trace_id") < ids.fragment.find("span_id"));
+
+        // Out of order or repeated: not tidy, and tidying fixes it.
+        let mut messy = SpanIds::default();
+        messy.push(2, |s| s.push('b'));
+        messy.push(0, |s| s.push('a'));
+        assert!(!messy.is_tidy());
+        messy.push(0, |s| s.push('c'));
+        let tidy = messy.tidied(None);
+        assert!(tidy.is_tidy());
+        assert_eq!(tidy.fragment, r#","correlation_id":"c","span_id":"b""#);
     }
 }

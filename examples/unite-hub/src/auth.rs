@@ -46,13 +46,16 @@ pub fn plausible_token(token: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// The bearer token of an `Authorization` header value, if it has that form.
+/// The bearer token of an `Authorization` header value, if it has that form: `Bearer` in any
+/// case, a space, and a token of the issued shape (ASCII whitespace around it is ignored).
+/// Works on the bytes: this runs on every request that carries a token.
 pub fn bearer(value: &[u8]) -> Option<&str> {
-    let value = std::str::from_utf8(value).ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
+    let (scheme, rest) = value.split_at_checked(b"bearer ".len())?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    std::str::from_utf8(rest.trim_ascii())
+        .ok()
         .filter(|t| plausible_token(t))
 }
 
@@ -88,6 +91,17 @@ mod tests {
         assert_eq!(bearer(b"Bearer short"), None);
         assert_eq!(bearer(b"Basic abc"), None);
         assert_eq!(bearer(&[0xff, 0xfe, b' ', b'x']), None);
+        assert_eq!(bearer(format!("BEARER\t{t}").as_bytes()), None);
+        assert_eq!(
+            bearer(format!("Bearer {t} \t").as_bytes()),
+            Some(t.as_str())
+        );
+        assert_eq!(bearer(format!("Bearer{t}").as_bytes()), None);
+        assert_eq!(bearer(format!("Bearer {t}x").as_bytes()), None);
+        assert_eq!(bearer(b"Bearer"), None);
+        let mut non_ascii = format!("Bearer {t}").into_bytes();
+        non_ascii[10] = 0xc3;
+        assert_eq!(bearer(&non_ascii), None);
     }
 
     #[test]

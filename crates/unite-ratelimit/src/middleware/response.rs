@@ -1,3 +1,4 @@
+use std::cell::RefCell;
 use std::time::Duration;
 
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
@@ -30,7 +31,7 @@ pub fn apply_headers(headers: &mut HeaderMap, decision: &Decision) {
     let window = ceil_secs(decision.window).max(1);
     let reset = ceil_secs(decision.reset);
     headers.reserve(6);
-    let policy = structured(decision.policy, "q=", decision.limit.into(), "w=", window);
+    let (policy, limit) = policy_fields(decision.policy, decision.limit, window);
     let state = structured(
         decision.policy,
         "r=",
@@ -44,7 +45,7 @@ pub fn apply_headers(headers: &mut HeaderMap, decision: &Decision) {
     if let Some(v) = state {
         headers.insert(RATELIMIT.clone(), v);
     }
-    headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(decision.limit));
+    headers.insert(X_RATELIMIT_LIMIT.clone(), limit);
     headers.insert(
         X_RATELIMIT_REMAINING.clone(),
         HeaderValue::from(decision.remaining),
@@ -53,6 +54,37 @@ pub fn apply_headers(headers: &mut HeaderMap, decision: &Decision) {
     if !decision.allowed {
         headers.insert(RETRY_AFTER, HeaderValue::from(retry_secs(decision)));
     }
+}
+
+/// The fields that depend on the policy alone: `RateLimit-Policy` (`None` when the name does
+/// not make a valid field) and `X-RateLimit-Limit`. Each thread keeps the last pair it made:
+/// one policy usually answers many requests in a row, and a clone of a kept value is a
+/// reference count where a new one is an allocation and a formatting pass.
+fn policy_fields(
+    policy: &'static str,
+    limit: u32,
+    window: u64,
+) -> (Option<HeaderValue>, HeaderValue) {
+    struct Last {
+        key: (&'static str, u32, u64),
+        policy: Option<HeaderValue>,
+        limit: HeaderValue,
+    }
+    thread_local! {
+        static LAST: RefCell<Option<Last>> = const { RefCell::new(None) };
+    }
+    let key = (policy, limit, window);
+    LAST.with_borrow_mut(|last| {
+        let last = match last {
+            Some(l) if l.key == key => l,
+            _ => last.insert(Last {
+                key,
+                policy: structured(policy, "q=", limit.into(), "w=", window),
+                limit: HeaderValue::from(limit),
+            }),
+        };
+        (last.policy.clone(), last.limit.clone())
+    })
 }
 
 /// `"<policy>";<a><x>;<b><y>` as a header value, written into a buffer on the stack rather than
@@ -150,7 +182,27 @@ pub(crate) fn too_many_requests<B: From<String>>(decision: &Decision) -> Respons
 
 #[cfg(test)]
 mod structured_tests {
-    use super::structured;
+    use super::{policy_fields, structured};
+
+    #[test]
+    fn policy_fields_follow_every_change_of_policy_limit_or_window() {
+        let cases = [
+            ("default", 100, 60, "\"default\";q=100;w=60"),
+            ("default", 100, 60, "\"default\";q=100;w=60"),
+            ("ai", 10, 60, "\"ai\";q=10;w=60"),
+            ("default", 100, 60, "\"default\";q=100;w=60"),
+            ("default", 5000, 60, "\"default\";q=5000;w=60"),
+            ("default", 5000, 3600, "\"default\";q=5000;w=3600"),
+        ];
+        for (policy, limit, window, want) in cases {
+            let (field, limit_field) = policy_fields(policy, limit, window);
+            assert_eq!(field.unwrap().to_str().unwrap(), want);
+            assert_eq!(limit_field.to_str().unwrap(), limit.to_string());
+        }
+        let (field, limit_field) = policy_fields("bad\nname", 7, 60);
+        assert!(field.is_none());
+        assert_eq!(limit_field.to_str().unwrap(), "7");
+    }
 
     #[test]
     fn writes_the_structured_field_and_refuses_what_does_not_fit() {

@@ -80,9 +80,9 @@ pub fn session_key(token_hash: &[u8; 32]) -> String {
     key
 }
 
-/// Looks a token up through the cache (the database on a miss); `None` when not a live session.
-pub async fn lookup(state: &AppState, token: &str) -> Result<Option<SessionInfo>, ApiError> {
-    let hash = auth::token_hash(token);
+/// Looks a session up by its token's hash ([`auth::token_hash`]) through the cache (the
+/// database on a miss); `None` when not a live session.
+pub async fn lookup(state: &AppState, hash: [u8; 32]) -> Result<Option<SessionInfo>, ApiError> {
     let pool = state.pool.clone();
     let found = state
         .cache
@@ -103,17 +103,19 @@ pub async fn lookup(state: &AppState, token: &str) -> Result<Option<SessionInfo>
 /// Resolves the bearer token (if any) into an [`Identity`] and, for a user, the rate-limit
 /// subject, both as request extensions. Never refuses a request.
 pub async fn identify(state: &AppState, request: &mut Request) {
-    let token = request
+    // Only the token's hash outlives the borrow of the headers: the token is never copied.
+    let hash = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| auth::bearer(v.as_bytes()))
-        .map(str::to_owned);
-    let identity = match token {
+        .map(auth::token_hash);
+    let identity = match hash {
         None => Identity::Anonymous,
-        Some(token) => match lookup(state, &token).await {
+        Some(hash) => match lookup(state, hash).await {
             Ok(Some(info)) => {
+                let mut user_id = itoa::Buffer::new();
                 request.extensions_mut().insert(RateLimitSubject::new(
-                    info.user_id.to_string(),
+                    user_id.format(info.user_id),
                     tier(info.plan),
                 ));
                 Identity::User(info)
