@@ -161,7 +161,8 @@ const ID_FIELDS: [&str; 3] = [CORRELATION_ID_FIELD, TRACE_ID_FIELD, SPAN_ID_FIEL
 /// The ids a span carries, kept in the span's extensions: the JSON fragment every line in the
 /// span copies, and where each (escaped) value sits in it, so that a child span inherits what
 /// it does not declare. The fields' values are escaped straight into the fragment as they are
-/// recorded: one allocation per span.
+/// recorded, so a span that declares all three ids in order (the request span) allocates once;
+/// inheriting or recording later writes the fragment afresh.
 #[derive(Debug, Default, Clone)]
 struct SpanIds {
     /// `,"correlation_id":"…","trace_id":"…","span_id":"…"` (the fields present).
@@ -179,9 +180,12 @@ impl SpanIds {
         self.values.iter().all(Option::is_none)
     }
 
-    /// The escaped value of id `i`.
+    /// The escaped value of id `i`. The ranges come from [`push`](Self::push), which appends
+    /// whole strings, so they always fall on character boundaries.
     fn value(&self, i: usize) -> Option<&str> {
-        self.values[i].clone().and_then(|r| self.fragment.get(r))
+        let r = self.values[i].clone()?;
+        debug_assert!(self.fragment.get(r.clone()).is_some());
+        self.fragment.get(r)
     }
 
     /// Appends `,"<name of id i>":"<what write appends>"`, and notes where the value is.
@@ -218,9 +222,19 @@ impl SpanIds {
 
     /// These ids, each missing one taken from `fallback`, written afresh in order.
     fn tidied(&self, fallback: Option<&SpanIds>) -> SpanIds {
-        let mut out = SpanIds::default();
-        for i in 0..ID_FIELDS.len() {
-            if let Some(v) = self.value(i).or_else(|| fallback.and_then(|f| f.value(i))) {
+        let values: [Option<&str>; 3] =
+            std::array::from_fn(|i| self.value(i).or_else(|| fallback.and_then(|f| f.value(i))));
+        let len: usize = values
+            .iter()
+            .zip(ID_FIELDS)
+            .filter_map(|(v, name)| v.map(|v| name.len() + v.len() + 6))
+            .sum();
+        let mut out = SpanIds {
+            fragment: String::with_capacity(len),
+            values: Default::default(),
+        };
+        for (i, v) in values.into_iter().enumerate() {
+            if let Some(v) = v {
                 // Already escaped.
                 out.push(i, |s| s.push_str(v));
             }
@@ -685,15 +699,15 @@ mod tests {
 
         let ids = child.tidied(Some(&parent));
         assert!(ids.is_tidy() && ids.is_complete());
-        let keys: Vec<_> = fragment_object(&ids).keys().cloned().collect();
         let map = fragment_object(&ids);
         assert_eq!(map["correlation_id"], "corr\nid");
         assert_eq!(map["trace_id"], "trace");
         // The child's own value wins; `Debug` of a `&str` quotes it.
         assert_eq!(map["span_id"], "\"s\\\"1\"");
-        assert_eq!(keys.len(), 4);
-        assert!(ids.fragment.find("correlation_id") < ids.fragment.find("trace_id"));
-        assert!(ids.fragment.find("trace_id") < ids.fragment.find("span_id"));
+        assert_eq!(map.len(), 4);
+        let at = |key: &str| ids.fragment.find(key).unwrap();
+        assert!(at("correlation_id") < at("trace_id") && at("trace_id") < at("span_id"));
+        assert_eq!(ids.fragment.capacity(), ids.fragment.len(), "sized exactly");
 
         // Out of order or repeated: not tidy, and tidying fixes it.
         let mut messy = SpanIds::default();

@@ -152,6 +152,25 @@ fn ids_recorded_after_creation_are_picked_up() {
 }
 
 #[test]
+fn an_id_recorded_again_replaces_only_itself() {
+    let buf = Buffer::default();
+    tracing::subscriber::with_default(subscriber(&buf), || {
+        let span = info_span!(
+            "request",
+            correlation_id = ID,
+            trace_id = ID,
+            span_id = SPAN
+        );
+        span.record("span_id", "2222222222222222");
+        span.in_scope(|| info!("after"));
+    });
+    let lines = buf.lines();
+    assert_eq!(str_field(&lines[0], "correlation_id"), Some(ID));
+    assert_eq!(str_field(&lines[0], "trace_id"), Some(ID));
+    assert_eq!(str_field(&lines[0], "span_id"), Some("2222222222222222"));
+}
+
+#[test]
 fn log_crate_records_use_their_real_target_without_log_fields() {
     let buf = Buffer::default();
     let _ = tracing_log::LogTracer::init();

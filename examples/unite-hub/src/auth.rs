@@ -40,10 +40,15 @@ pub fn token_hash(token: &str) -> [u8; 32] {
 
 /// Whether a string has the shape of a token this service issues (checked before any lookup).
 pub fn plausible_token(token: &str) -> bool {
+    token_shaped(token.as_bytes())
+}
+
+/// 43 bytes of the base64url alphabet.
+fn token_shaped(token: &[u8]) -> bool {
     token.len() == 43
         && token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// The bearer token of an `Authorization` header value, if it has that form: `Bearer` in any
@@ -54,9 +59,13 @@ pub fn bearer(value: &[u8]) -> Option<&str> {
     if !scheme.eq_ignore_ascii_case(b"bearer ") {
         return None;
     }
-    std::str::from_utf8(rest.trim_ascii())
-        .ok()
-        .filter(|t| plausible_token(t))
+    let token = rest.trim_ascii();
+    // A token-shaped value is ASCII, so the conversion cannot fail.
+    if token_shaped(token) {
+        std::str::from_utf8(token).ok()
+    } else {
+        None
+    }
 }
 
 /// Compares two secrets in time that does not depend on where they differ.
@@ -99,6 +108,8 @@ mod tests {
         assert_eq!(bearer(format!("Bearer{t}").as_bytes()), None);
         assert_eq!(bearer(format!("Bearer {t}x").as_bytes()), None);
         assert_eq!(bearer(b"Bearer"), None);
+        // Only ASCII whitespace around the token is ignored; a no-break space is not.
+        assert_eq!(bearer(format!("Bearer {t}\u{a0}").as_bytes()), None);
         let mut non_ascii = format!("Bearer {t}").into_bytes();
         non_ascii[10] = 0xc3;
         assert_eq!(bearer(&non_ascii), None);

@@ -74,16 +74,23 @@ fn policy_fields(
         static LAST: RefCell<Option<Last>> = const { RefCell::new(None) };
     }
     let key = (policy, limit, window);
-    LAST.with_borrow_mut(|last| {
-        let last = match last {
+    let make = || Last {
+        key,
+        policy: structured(policy, "q=", limit.into(), "w=", window),
+        limit: HeaderValue::from(limit),
+    };
+    LAST.try_with(|last| {
+        let mut last = last.borrow_mut();
+        let last = match &mut *last {
             Some(l) if l.key == key => l,
-            _ => last.insert(Last {
-                key,
-                policy: structured(policy, "q=", limit.into(), "w=", window),
-                limit: HeaderValue::from(limit),
-            }),
+            slot => slot.insert(make()),
         };
         (last.policy.clone(), last.limit.clone())
+    })
+    // While the thread's locals are torn down: made afresh.
+    .unwrap_or_else(|_| {
+        let Last { policy, limit, .. } = make();
+        (policy, limit)
     })
 }
 
