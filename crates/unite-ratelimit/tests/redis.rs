@@ -220,7 +220,10 @@ async fn penalties_with_the_server_clock_and_forgive() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn overrides_reach_the_other_instance_within_a_second() {
+/// The other instance picks overrides up on its refresh (every 100 ms here; the period is
+/// validated to at most a second). The waits below are generous, not the period: a test never
+/// asserts a timing, so a loaded machine cannot fail it.
+async fn overrides_set_or_cleared_on_one_instance_reach_the_other() {
     let redis = TestRedis::new().await;
     let build = |client: Client| {
         RateLimiter::builder()
@@ -250,10 +253,10 @@ async fn overrides_reach_the_other_instance_within_a_second() {
     assert!(!d.allowed && d.blocked);
     assert_eq!((d.source, d.policy), (DecisionSource::Override, "blocked"));
 
-    // The other instance within a second (polling its cache, which counts nothing).
+    // The other instance (polling its cache, which counts nothing).
     let started = Instant::now();
     // `vip` was written last; one refresh reads the whole hash, so both arrive together.
-    while b.cached_override(&vip).is_none() && started.elapsed() < Duration::from_secs(1) {
+    while b.cached_override(&vip).is_none() && started.elapsed() < OUTER {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seen = b.check(&abuser, Tier::Public, EndpointClass::Default).await;
@@ -274,7 +277,7 @@ async fn overrides_reach_the_other_instance_within_a_second() {
     assert!(b.clear_override(&abuser).await.unwrap());
     assert!(!b.clear_override(&abuser).await.unwrap());
     let started = Instant::now();
-    while a.cached_override(&abuser).is_some() && started.elapsed() < Duration::from_secs(1) {
+    while a.cached_override(&abuser).is_some() && started.elapsed() < OUTER {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(a.cached_override(&abuser).is_none());
