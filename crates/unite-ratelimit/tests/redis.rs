@@ -19,6 +19,14 @@ fn nz(n: u32) -> NonZeroU32 {
 /// A generous bound for anything that must come back; never a timing assertion.
 const OUTER: Duration = Duration::from_secs(20);
 
+/// Polls `done` every 20 ms until it holds or `OUTER` has passed; the caller asserts after.
+async fn wait_until(mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() && started.elapsed() < OUTER {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn free_tier(quota: Quota) -> TierQuotas {
     TierQuotas::new(quota, quota)
 }
@@ -219,10 +227,10 @@ async fn penalties_with_the_server_clock_and_forgive() {
     assert_eq!(after.strikes, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 /// The other instance picks overrides up on its refresh (every 100 ms here; the period is
 /// validated to at most a second). The waits below are generous, not the period: a test never
 /// asserts a timing, so a loaded machine cannot fail it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overrides_set_or_cleared_on_one_instance_reach_the_other() {
     let redis = TestRedis::new().await;
     let build = |client: Client| {
@@ -253,12 +261,9 @@ async fn overrides_set_or_cleared_on_one_instance_reach_the_other() {
     assert!(!d.allowed && d.blocked);
     assert_eq!((d.source, d.policy), (DecisionSource::Override, "blocked"));
 
-    // The other instance (polling its cache, which counts nothing).
-    let started = Instant::now();
-    // `vip` was written last; one refresh reads the whole hash, so both arrive together.
-    while b.cached_override(&vip).is_none() && started.elapsed() < OUTER {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The other instance (polling its cache, which counts nothing). `vip` was written last;
+    // one refresh reads the whole hash, so both arrive together.
+    wait_until(|| b.cached_override(&vip).is_some()).await;
     let seen = b.check(&abuser, Tier::Public, EndpointClass::Default).await;
     assert!(!seen.allowed && seen.blocked, "{seen:?}");
     assert_eq!(seen.source, DecisionSource::Override);
@@ -276,10 +281,7 @@ async fn overrides_set_or_cleared_on_one_instance_reach_the_other() {
     // Clearing on b reaches a.
     assert!(b.clear_override(&abuser).await.unwrap());
     assert!(!b.clear_override(&abuser).await.unwrap());
-    let started = Instant::now();
-    while a.cached_override(&abuser).is_some() && started.elapsed() < OUTER {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(|| a.cached_override(&abuser).is_none()).await;
     assert!(a.cached_override(&abuser).is_none());
     let d = a.check(&abuser, Tier::Public, EndpointClass::Default).await;
     assert!(d.allowed);
@@ -329,35 +331,23 @@ async fn every_instance_built_keeps_refreshing_overrides() {
         .set_override(OverrideEntry::new(subject.clone(), Override::Exempt))
         .await
         .unwrap();
-    // How many instances still disagree with `present` after waiting for them (at most OUTER).
-    let (instances, watched) = (&instances, &subject);
+    // How many instances disagree with `present`.
     let disagreeing = |present: bool| {
-        let count = move || {
-            instances
-                .iter()
-                .filter(|l| l.cached_override(watched).is_some() != present)
-                .count()
-        };
-        async move {
-            let started = Instant::now();
-            while count() > 0 && started.elapsed() < OUTER {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            count()
-        }
+        instances
+            .iter()
+            .filter(|l| l.cached_override(&subject).is_some() != present)
+            .count()
     };
+    wait_until(|| disagreeing(true) == 0).await;
     assert_eq!(
-        disagreeing(true).await,
+        disagreeing(true),
         0,
         "instances that never saw the override"
     );
     // And a clear reaches them all too.
     assert!(writer.clear_override(&subject).await.unwrap());
-    assert_eq!(
-        disagreeing(false).await,
-        0,
-        "instances that never saw the clear"
-    );
+    wait_until(|| disagreeing(false) == 0).await;
+    assert_eq!(disagreeing(false), 0, "instances that never saw the clear");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
