@@ -8,6 +8,11 @@ use clap::{Parser, Subcommand};
 use unite_hub::Config;
 use unite_hub::config::LogFormat;
 
+/// mimalloc rather than the system allocator: every request allocates and frees a few dozen small
+/// blocks across the middleware, and its thread-local free lists make that cheaper.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "unite-hub", version, about = "The Unite example service")]
 struct Cli {
