@@ -8,8 +8,9 @@ use clap::{Parser, Subcommand};
 use unite_hub::Config;
 use unite_hub::config::LogFormat;
 
-/// mimalloc rather than the system allocator: every request allocates and frees a few dozen small
-/// blocks across the middleware, and its thread-local free lists make that cheaper.
+/// mimalloc rather than the system allocator: a request allocates and frees some thirty small
+/// blocks across the middleware, and mimalloc's thread-local free lists do that in well under
+/// half the instructions (docs/BENCHMARKS.md, "Fifth session of the day").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
